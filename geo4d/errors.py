@@ -1,0 +1,17 @@
+"""User-facing errors: each carries a one-line message naming the input and the problem."""
+
+
+class Geo4DError(Exception):
+    """Base class: the CLI prints ``error: <message>`` and exits non-zero."""
+
+
+class InputError(Geo4DError):
+    """A user input (path, video, store, option) is missing or unusable."""
+
+
+class StoreError(Geo4DError):
+    """A store exists but has another layout, or its contents are inconsistent."""
+
+
+class PredictionError(Geo4DError):
+    """Predictions are invalid (e.g. NaN/inf), naming the array and window."""

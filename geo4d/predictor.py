@@ -1,0 +1,84 @@
+"""The predictor interface: one window of frames in, the Geo4D modalities out.
+
+Implementations: :class:`geo4d.synthetic.SyntheticPredictor` (a test instrument built from ground
+truth) and :class:`geo4d_model.predictor.Geo4DPredictor` (the network).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from geo4d.cameras import check_shape
+
+__all__ = ["WindowPrediction", "WindowPredictor", "MODALITIES"]
+
+#: Store names of the per-window modalities, in store order.
+MODALITIES = ("pointmap", "pointmap_conf", "ray_dir", "ray_moment", "disparity")
+
+
+@dataclass
+class WindowPrediction:
+    """Geo4D modalities of one window of V frames, all in the window's first-camera frame.
+
+    Attributes:
+        pointmap: (V, H, W, 3) points, up to an unknown per-window scale.
+        pointmap_conf: (V, H, W) >= 0, higher is more reliable, 0 = invalid (sky, far away).
+        ray_dir: (V, H, W, 3) unit Plücker directions.
+        ray_moment: (V, H, W, 3) Plücker moments ``c × d``, up to their own unknown scale.
+        disparity: (V, H, W) up to an unknown per-window affine map; 0 where sky.
+    """
+
+    pointmap: np.ndarray
+    pointmap_conf: np.ndarray
+    ray_dir: np.ndarray
+    ray_moment: np.ndarray
+    disparity: np.ndarray
+
+    def __post_init__(self) -> None:
+        V, H, W = np.shape(self.pointmap_conf)
+        check_shape(self.pointmap, (V, H, W, 3), "pointmap")
+        check_shape(self.ray_dir, (V, H, W, 3), "ray_dir")
+        check_shape(self.ray_moment, (V, H, W, 3), "ray_moment")
+        check_shape(self.disparity, (V, H, W), "disparity")
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+class WindowPredictor(abc.ABC):
+    """Turns windows of RGB frames into :class:`WindowPrediction`.
+
+    Attributes:
+        name: shown in the CLI, logs and the store (a synthetic stand-in says so in its name).
+        image_size: (H, W) the frames must be resized to before prediction, or None to keep the
+            video's decoded size.
+    """
+
+    name: str = "predictor"
+    image_size: tuple[int, int] | None = None
+
+    @abc.abstractmethod
+    def predict_window(self, frames: np.ndarray, start: int) -> WindowPrediction:
+        """Predict one window.
+
+        Args:
+            frames: (V, H, W, 3) uint8 RGB frames of the window.
+            start: index of the window's first frame in the video.
+        """
+
+    def predict_windows(self, video: np.ndarray, starts: Sequence[int], size: int) -> Iterator[tuple[int, WindowPrediction]]:
+        """Predict several windows of one video, yielding ``(index into starts, prediction)``.
+
+        The default predicts one window at a time; implementations may batch windows or share
+        per-frame work (e.g. encode each frame once) as long as they yield every window.
+        """
+        for g, s in enumerate(starts):
+            yield g, self.predict_window(video[s : s + size], s)
+
+    def parameters(self) -> dict:
+        """Settings that change the predictions (recorded in the store's stage record)."""
+        return {"name": self.name}

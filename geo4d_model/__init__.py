@@ -1,0 +1,1 @@
+"""The Geo4D network (DynamiCrafter-based), its sampler and official-checkpoint loading. No Prefect."""

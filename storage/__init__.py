@@ -1,0 +1,1 @@
+"""The one place that knows paths, Zarr layouts and Parquet schemas (docs/store.md)."""

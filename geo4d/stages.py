@@ -1,0 +1,245 @@
+"""The pipeline's stages as plain functions over a :class:`storage.store.Store`.
+
+decode → windows → fuse → evaluate. Each stage is resumable: it returns early when the store says
+it is complete with the same fingerprint (its parameters plus its upstream stage's fingerprint), and
+it writes its record only after all its arrays are complete. Rerunning an upstream stage clears the
+records of the stages after it. No Prefect here: :mod:`tasks` wraps these for orchestration, and a
+notebook can call them directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geo4d.errors import InputError, PredictionError
+from geo4d.predictor import WindowPredictor, predictor_from_spec
+from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, VideoTooShortError, window_starts
+from storage.store import STAGES, Store, VideoInfo, stage_fingerprint, video_id_for
+
+__all__ = ["StageResult", "decode_stage", "windows_stage", "fuse_stage", "evaluate_stage", "Progress"]
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class StageResult:
+    video_id: str
+    stage: str
+    skipped: bool
+    fingerprint: str
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _downstream(stage: str) -> list[str]:
+    return list(STAGES[STAGES.index(stage) + 1 :])
+
+
+def _upstream_fp(store: Store, video_id: str, stage: str) -> str:
+    rec = store.stage_record(video_id, stage)
+    if not rec or rec.get("status") != "complete":
+        raise InputError(f"video {video_id}: stage {stage!r} is not complete; run it first")
+    return str(rec.get("fingerprint"))
+
+
+# ---- decode ----------------------------------------------------------------------------------------
+def decode_stage(
+    store: Store,
+    video_path: str,
+    *,
+    video_id: str | None = None,
+    size: tuple[int, int] | None = None,
+    frame_stride: int = 1,
+    min_frames: int = WINDOW_SIZE,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Decode ``video_path`` (PyAV), resize to ``size`` (H, W) if given, store ``frames``.
+
+    Validates the whole video before touching the store: a missing, unreadable, truncated or too
+    short video raises :class:`InputError` and leaves the store as it was.
+    """
+    from geo4d.video import read_video
+
+    path = Path(video_path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    vid = video_id or video_id_for(path)
+    params = {"source": str(path.resolve()), "size": list(size) if size else None, "frame_stride": frame_stride,
+              "content_id": vid}
+    fp = stage_fingerprint(params)
+    if store.has_video(vid) and store.is_complete(vid, "decode", fp):
+        info = store.video_info(vid)
+        return StageResult(vid, "decode", True, fp, details={"n_frames": info.n_frames})
+    t0 = time.perf_counter()
+    frames, meta = read_video(path, size=size, stride=frame_stride,
+                              progress=(lambda k, n: progress(k, n, "decoding")) if progress else None)
+    if len(frames) < min_frames:
+        raise VideoTooShortError(f"{path}: {len(frames)} frames after stride {frame_stride}, fewer than one window of {min_frames}")
+    T, H, W, _ = frames.shape
+    info = VideoInfo(vid, str(path.resolve()), T, H, W, meta.fps / frame_stride if meta.fps else 0.0)
+    if store.has_video(vid):
+        old = store.video_info(vid)
+        if (old.n_frames, old.height, old.width) != (T, H, W):
+            # Other decode parameters: the whole video is recomputed from scratch.
+            store.delete_video(vid)
+    store.ensure_video(info)
+    store.clear_stages(vid, ["decode"] + _downstream("decode"))
+    arr = store.frames_array(vid, create=True)
+    arr[:] = frames
+    dt = time.perf_counter() - t0
+    store.record_stage(vid, "decode", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"codec": meta.codec, "source_fps": meta.fps})
+    return StageResult(vid, "decode", False, fp, dt, {"n_frames": T, "height": H, "width": W})
+
+
+# ---- windows ---------------------------------------------------------------------------------------
+def windows_stage(
+    store: Store,
+    video_id: str,
+    predictor: WindowPredictor | dict,
+    *,
+    window_size: int = WINDOW_SIZE,
+    stride: int = WINDOW_STRIDE,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+) -> StageResult:
+    """Predict every window not yet stored; each window's data is written, then its done marker."""
+    info = store.video_info(video_id)
+    if isinstance(predictor, dict):
+        predictor = predictor_from_spec(predictor, video_path=info.source)
+    starts = window_starts(info.n_frames, window_size, stride)
+    params = {"predictor": predictor.parameters(), "window_size": window_size, "stride": stride,
+              "upstream": _upstream_fp(store, video_id, "decode")}
+    fp = stage_fingerprint(params)
+    if store.is_complete(video_id, "windows", fp):
+        return StageResult(video_id, "windows", True, fp, details={"windows": len(starts), "predicted": 0})
+    t0 = time.perf_counter()
+    store.clear_stages(video_id, ["windows"] + _downstream("windows"))
+    done = store.prepare_windows(video_id, starts, window_size, stride, predictor.name, fp)
+    todo = [g for g in range(len(starts)) if not done[g]]
+    frames = store.read_frames(video_id)
+    todo_starts = [starts[g] for g in todo]
+    n = 0
+    for k, pred in predictor.predict_windows(frames, todo_starts, window_size):
+        g = todo[k]
+        _check_finite(pred, g, starts[g], window_size)
+        store.write_window(video_id, g, pred)
+        n += 1
+        if progress:
+            progress(len(starts) - len(todo) + n, len(starts), f"window {g} (frames {starts[g]}–{starts[g] + window_size - 1})")
+    dt = time.perf_counter() - t0
+    store.record_stage(video_id, "windows", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"windows": len(starts), "predicted": n, "predictor": predictor.name})
+    return StageResult(video_id, "windows", False, fp, dt, {"windows": len(starts), "predicted": n})
+
+
+def _check_finite(pred, g: int, start: int, size: int) -> None:
+    for name, arr in pred.as_dict().items():
+        if not np.isfinite(arr).all():
+            raise PredictionError(
+                f"windows/{name}: window {g} (frames {start}–{start + size - 1}) contains NaN or inf"
+            )
+
+
+# ---- fuse ------------------------------------------------------------------------------------------
+def fuse_stage(
+    store: Store,
+    video_id: str,
+    *,
+    fusion: dict | None = None,
+    run_id: str | None = None,
+    progress: Progress | None = None,
+    require_upstream: bool = True,
+) -> StageResult:
+    """Fuse the stored windows into per-frame geometry (``fused/``).
+
+    With ``require_upstream=False`` (``geo4d fuse``), the windows need not carry this program's
+    stage records: any store following docs/store.md works.
+    """
+    from geo4d.fusion import FusionConfig, fuse
+
+    info = store.video_info(video_id)
+    arrays, starts, V = store.windows(video_id)
+    upstream = store.stage_record(video_id, "windows") or {}
+    if require_upstream and upstream.get("status") != "complete":
+        raise InputError(f"video {video_id}: stage 'windows' is not complete; run it first")
+    config = FusionConfig(**(fusion or {}))
+    params = {"fusion": _jsonable(config), "upstream": upstream.get("fingerprint"), "starts": starts}
+    fp = stage_fingerprint(params)
+    if store.is_complete(video_id, "fuse", fp):
+        return StageResult(video_id, "fuse", True, fp)
+    t0 = time.perf_counter()
+    store.clear_stages(video_id, ["fuse"] + _downstream("fuse"))
+    result = fuse(arrays, starts, info.n_frames, config=config, progress=progress)
+    store.write_fused(
+        video_id,
+        {
+            "depth": result.depth,
+            "confidence": result.confidence,
+            "intrinsics": result.intrinsics,
+            "cam_to_world": result.world_from_cam,
+            "points": result.points,
+        },
+        attrs={"diagnostics": result.diagnostics},
+    )
+    dt = time.perf_counter() - t0
+    store.record_stage(video_id, "fuse", "complete", parameters=params, run_id=run_id, seconds=dt)
+    return StageResult(video_id, "fuse", False, fp, dt)
+
+
+def _jsonable(config: Any) -> dict:
+    import dataclasses
+    import json
+
+    d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return json.loads(json.dumps(d, default=str))
+
+
+# ---- evaluate --------------------------------------------------------------------------------------
+def evaluate_stage(
+    store: Store,
+    video_id: str,
+    *,
+    ground_truth: str | None = None,
+    run_id: str | None = None,
+) -> StageResult:
+    """Compare fused geometry with ground truth (when there is any) and record the metrics.
+
+    Ground truth defaults to the ``<video>.gt`` directory beside the source video (synthetic scenes).
+    Without ground truth the stage completes with no metrics.
+    """
+    from storage.ground_truth import find_ground_truth, read_ground_truth
+
+    info = store.video_info(video_id)
+    gt_dir = ground_truth or find_ground_truth(info.source)
+    params = {"ground_truth": str(gt_dir) if gt_dir else None, "upstream": _upstream_fp(store, video_id, "fuse")}
+    fp = stage_fingerprint(params)
+    if store.is_complete(video_id, "evaluate", fp):
+        rec = store.stage_record(video_id, "evaluate") or {}
+        return StageResult(video_id, "evaluate", True, fp, details={"metrics": rec.get("metrics")})
+    t0 = time.perf_counter()
+    metrics: dict[str, float] | None = None
+    if gt_dir is not None:
+        from geo4d.metrics import reconstruction_metrics
+
+        gt = read_ground_truth(gt_dir)
+        fused = store.read_fused(video_id)
+        if gt.depth.shape != fused["depth"].shape:
+            raise InputError(
+                f"{gt_dir}: ground-truth depth {gt.depth.shape} does not match the reconstruction {fused['depth'].shape}"
+            )
+        metrics = {k: float(v) for k, v in reconstruction_metrics(
+            fused["depth"], fused["intrinsics"], fused["cam_to_world"],
+            gt.depth, gt.intrinsics, gt.world_from_cam,
+        ).items()}
+    dt = time.perf_counter() - t0
+    store.record_stage(video_id, "evaluate", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"metrics": metrics})
+    return StageResult(video_id, "evaluate", False, fp, dt, {"metrics": metrics})

@@ -1,0 +1,38 @@
+"""Helpers shared by the Prefect tasks: transient-vs-permanent retry policy and progress logging."""
+
+from __future__ import annotations
+
+import errno
+
+from geo4d.errors import Geo4DError
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Faults worth retrying: I/O errors (except missing files), lost connections, CUDA OOM, lost workers.
+
+    Permanent faults — bad inputs, invalid predictions, any :class:`Geo4DError`, programming errors —
+    fail at once so the video is recorded as failed with its reason.
+    """
+    if exc is None or isinstance(exc, Geo4DError):
+        return False
+    if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
+        return False
+    if isinstance(exc, OSError | ConnectionError | TimeoutError):
+        return exc.errno not in (errno.ENOSPC,) if isinstance(exc, OSError) else True
+    text = f"{type(exc).__name__}: {exc}"
+    return any(s in text for s in ("CUDA out of memory", "OutOfMemoryError", "KilledWorker", "CommClosedError"))
+
+
+def retry_transient(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    return is_transient(exc)
+
+
+def progress_logger(logger, every: int = 1):
+    """A ``progress(done, total, message)`` callable that logs through a Prefect run logger."""
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        if total and (done % every == 0 or done == total):
+            logger.info("%s/%s %s", done, total, message)
+
+    return progress

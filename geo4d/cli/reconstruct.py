@@ -1,0 +1,154 @@
+"""``geo4d reconstruct``, ``geo4d fuse`` and ``geo4d demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from geo4d.errors import InputError
+
+SYNTHETIC_NOTICE = (
+    "predictor: SYNTHETIC test instrument — predictions are derived from ground truth, not from the network"
+)
+
+
+def _prefect_env() -> None:
+    # Quiet, local Prefect for command-line runs; a user's PREFECT_API_URL (a real server) is respected.
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def add_predictor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("predictor")
+    g.add_argument("--predictor", choices=["synthetic", "geo4d"], default=None,
+                   help="'geo4d' = the network (needs --checkpoint/--pointmap-vae/--config); "
+                        "'synthetic' = test instrument built from the video's .gt ground truth")
+    g.add_argument("--checkpoint", help="official Geo4D model.ckpt")
+    g.add_argument("--pointmap-vae", help="official Geo4D point-map vae.ckpt")
+    g.add_argument("--config", help="official configs/inference_geo4d.yaml")
+    g.add_argument("--device", default=None, help="torch device for the network (default: cuda if available)")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="network dtype")
+    g.add_argument("--ground-truth", help="synthetic predictor / evaluation: ground-truth directory")
+    g.add_argument("--noise-depth", type=float, default=0.0, help="synthetic: smooth relative depth noise")
+    g.add_argument("--noise-pose-deg", type=float, default=0.0, help="synthetic: pose jitter in degrees")
+    g.add_argument("--corrupt-windows", type=int, default=0, help="synthetic: windows with a wrong rotation")
+    g.add_argument("--seed", type=int, default=0, help="synthetic: seed of the gauges and noise")
+
+
+def predictor_spec(args: argparse.Namespace) -> dict:
+    kind = args.predictor or ("geo4d" if args.checkpoint else "synthetic")
+    if kind == "geo4d":
+        missing = [o for o, v in (("--checkpoint", args.checkpoint), ("--config", args.config),
+                                  ("--pointmap-vae", args.pointmap_vae)) if not v]
+        if missing:
+            raise InputError(f"--predictor geo4d needs {', '.join(missing)}")
+        for opt, v in (("--checkpoint", args.checkpoint), ("--config", args.config), ("--pointmap-vae", args.pointmap_vae)):
+            if not Path(v).is_file():
+                raise InputError(f"{opt} {v}: no such file")
+        spec = {"kind": "geo4d", "config": args.config, "checkpoint": args.checkpoint, "pointmap_vae": args.pointmap_vae}
+        if args.device:
+            spec["device"] = args.device
+        if args.dtype:
+            spec["dtype"] = args.dtype
+        return spec
+    noise = {}
+    if args.noise_depth:
+        noise["depth_noise"] = args.noise_depth
+    if args.noise_pose_deg:
+        noise["pose_jitter_deg"] = args.noise_pose_deg
+    if args.corrupt_windows:
+        noise["corrupt_windows"] = args.corrupt_windows
+    return {"kind": "synthetic", "ground_truth": args.ground_truth, "noise": noise, "seed": args.seed}
+
+
+def _open_store(location: str, mode: str = "a"):
+    from storage.store import Store
+
+    return Store(location, mode=mode)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    video = Path(args.video)
+    if not video.is_file():
+        raise InputError(f"{video}: no such file" if not video.exists() else f"{video}: not a file")
+    spec = predictor_spec(args)
+    _open_store(args.store)  # fail fast on a store of another layout, before any work
+    if spec["kind"] == "synthetic":
+        print(SYNTHETIC_NOTICE)
+    _prefect_env()
+    from flows.reconstruct import reconstruct_video
+
+    t0 = time.perf_counter()
+    result = reconstruct_video(
+        str(video), args.store, predictor=spec, video_id=args.video_id, frame_stride=args.frame_stride,
+        fusion=json.loads(args.fusion) if args.fusion else None, evaluate=not args.no_evaluate,
+        ground_truth=args.ground_truth if spec["kind"] != "synthetic" else args.ground_truth,
+    )
+    print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
+    _print_stages(result)
+    return 0
+
+
+def _print_stages(result: dict) -> None:
+    from geo4d.report import format_metrics_table
+
+    for stage in ("decode", "windows", "fuse", "evaluate"):
+        r = result.get(stage)
+        if r:
+            state = "skipped (already complete)" if r["skipped"] else f"{r['seconds']:.2f} s"
+            print(f"  {stage:<9} {state}")
+    metrics = (result.get("evaluate") or {}).get("details", {}).get("metrics")
+    if metrics:
+        print(format_metrics_table({result["video_id"]: metrics}))
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    from geo4d.stages import fuse_stage
+
+    store = _open_store(args.store)
+    fusion = json.loads(args.fusion) if args.fusion else None
+
+    def progress(done: int, total: int, message: str = "") -> None:
+        print(f"  fuse {done}/{total} {message}", flush=True)
+
+    t0 = time.perf_counter()
+    res = fuse_stage(store, args.video, fusion=fusion, require_upstream=False, progress=progress)
+    print(f"fused {args.video}: {'already complete' if res.skipped else f'{time.perf_counter() - t0:.2f} s'}"
+          f" → {args.store}/videos/{args.video}/fused")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from geo4d.demo import run_demo
+
+    return run_demo(Path(args.workdir), frames=args.frames, height=args.height, width=args.width, seed=args.seed)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reconstruct", help="reconstruct one video into a store (decode → windows → fuse → evaluate)")
+    p.add_argument("video", help="video file")
+    p.add_argument("--store", required=True, help="Zarr store path or URL (created if missing)")
+    p.add_argument("--video-id", help="id in the store (default: <stem>-<content hash>)")
+    p.add_argument("--frame-stride", type=int, default=1, help="keep every N-th frame")
+    p.add_argument("--fusion", help="fusion options as JSON (see docs/fusion.md)")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation stage")
+    add_predictor_args(p)
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("fuse", help="fuse a video's stored windows (any store following docs/store.md)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--video", required=True, help="video id in the store")
+    p.add_argument("--fusion", help="fusion options as JSON (see docs/fusion.md)")
+    p.set_defaults(func=cmd_fuse)
+
+    p = sub.add_parser("demo", help="synthesise a scene, reconstruct it with the synthetic predictor, write a report")
+    p.add_argument("--workdir", default="demo-out")
+    p.add_argument("--frames", type=int, default=48)
+    p.add_argument("--height", type=int, default=160)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)

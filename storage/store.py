@@ -130,10 +130,10 @@ class Store:
         if path.exists() and not path.is_dir():
             raise StoreError(f"{path}: exists and is a file, not a store directory")
         if path.is_dir():
+            if "zarr.json" not in os.listdir(path) and ((path / ".zgroup").exists() or (path / ".zarray").exists()):
+                raise StoreError(f"{path}: is a Zarr v2 store; geo4d stores are Zarr v3 (docs/store.md)")
             entries = [e for e in os.listdir(path) if not e.startswith(".")]
             if entries and "zarr.json" not in entries:
-                if (path / ".zgroup").exists() or (path / ".zarray").exists():
-                    raise StoreError(f"{path}: is a Zarr v2 store; geo4d stores are Zarr v3 (docs/store.md)")
                 raise StoreError(f"{path}: exists and is not a Zarr store (found {entries[:3]})")
         elif mode == "r":
             raise StoreError(f"{path}: no such store")

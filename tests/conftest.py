@@ -30,3 +30,12 @@ def reference_dir(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not present")
     return path
+
+
+@pytest.fixture(scope="session")
+def prefect_env():
+    """One temporary Prefect API for the whole session (flows in tests share it)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield

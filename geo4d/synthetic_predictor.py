@@ -1,0 +1,364 @@
+"""The synthetic predictor: a TEST INSTRUMENT that derives window predictions from ground truth.
+
+It implements :class:`geo4d.predictor.WindowPredictor` without any network. Its outputs carry the
+same ambiguities as the Geo4D network's, with known values, so that fusion and evaluation can be
+tested against exact answers:
+
+* point map: the ground-truth points of each frame in the window's reference frame (camera of the
+  window's first frame), times an unknown per-window scale ``s_pm`` (optionally with an unknown z
+  offset, like the network's de-normalised point maps);
+* Plücker rays: unit directions ``d`` and moments ``s_ray · (c × d)`` with a *different* unknown
+  per-window scale ``s_ray`` (the camera centre scaled by ``s_ray``);
+* disparity: ``a / depth + b`` with unknown per-window ``a > 0`` and ``b``; 0 where sky;
+* confidence: positive on valid pixels (lower on moving objects and depth edges), 0 where sky (the
+  point map is invalid there).
+
+Noise (:class:`SyntheticNoise`): smooth multiplicative depth noise, pose jitter and whole windows
+with a wrong rotation. Everything is deterministic from ``seed`` and the window's start, so a
+window predicted twice (or in another order) is the same prediction.
+
+For pixel ``p`` of frame ``i`` in the window starting at ``s`` (``ref = camera s``), with GT depth
+``z``, noise factor ``n`` and the (possibly perturbed) pose ``ref_from_cam_i``::
+
+    X_cam     = n z K⁻¹ [u, v, 1]ᵀ
+    pointmap  = s_pm (ref_from_cam_i X_cam − [0, 0, z_off])      (z_off = 0 unless pointmap_z_offset)
+    ray_dir   = R_i K⁻¹ [u, v, 1]ᵀ / ‖·‖,  ray_moment = (s_ray c_i) × ray_dir
+    disparity = a / (n z) + b                                      (0 where sky)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from geo4d.cameras import invert_pose, transform_points, unproject_depth
+from geo4d.errors import InputError
+from geo4d.plucker import plucker_rays
+from geo4d.predictor import WindowPrediction, WindowPredictor
+from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, window_starts
+
+__all__ = ["SyntheticNoise", "SyntheticPredictor", "SYNTHETIC_NAME"]
+
+SYNTHETIC_NAME = "synthetic (test instrument: predictions derived from ground truth)"
+
+#: Ranges of the per-window gauges (log-uniform scales).
+SCALE_RANGE = (0.3, 3.0)
+
+
+@dataclass(frozen=True)
+class SyntheticNoise:
+    """Noise settings of the synthetic predictor (all zero/False = clean predictions).
+
+    Attributes:
+        depth_noise: relative std of a smooth multiplicative depth field ``n = exp(σ f)`` (``f`` a
+            unit-std low-frequency random field per frame, different per window), applied to the
+            point map and the disparity of the window consistently. 0.05 ≈ 5 % depth error.
+        depth_noise_cells: spatial frequency of that field: random values on a grid of about this
+            many cells across the image's longer side, smoothly interpolated.
+        pose_jitter_deg: std (degrees) of a random rotation about a random axis applied to the
+            camera of every frame after the first of each window (it rotates about its own centre);
+            used for both the point map and the rays.
+        pose_jitter_trans: std of a random camera-centre offset per axis, as a fraction of the
+            median ground-truth depth of the window's first frame.
+        corrupt_windows: how many windows (drawn deterministically from ``window_starts(T, size,
+            stride)`` with the predictor's seed) are predicted with a wrong rotation.
+        corrupt_deg: the wrong rotation's angle, about a random axis through the reference camera,
+            applied to the points and rays of every frame after the first of a corrupted window.
+        pointmap_z_offset: subtract an unknown z offset from the point map like the network's
+            de-normalised maps (``z_off`` = 2nd percentile of the window's valid z − 0.01).
+    """
+
+    depth_noise: float = 0.0
+    depth_noise_cells: float = 4.0
+    pose_jitter_deg: float = 0.0
+    pose_jitter_trans: float = 0.0
+    corrupt_windows: int = 0
+    corrupt_deg: float = 15.0
+    pointmap_z_offset: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("depth_noise", "pose_jitter_deg", "pose_jitter_trans", "corrupt_deg"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
+                raise InputError(f"synthetic noise: {name} must be a number >= 0, got {v!r}")
+        if not (isinstance(self.depth_noise_cells, (int, float)) and self.depth_noise_cells >= 1):
+            raise InputError(f"synthetic noise: depth_noise_cells must be >= 1, got {self.depth_noise_cells!r}")
+        if int(self.corrupt_windows) != self.corrupt_windows or self.corrupt_windows < 0:
+            raise InputError(f"synthetic noise: corrupt_windows must be an integer >= 0, got {self.corrupt_windows!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> SyntheticNoise:
+        """Build from a JSON-able dict, with a one-line error naming unknown keys."""
+        d = dict(d or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise InputError(f"synthetic noise: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+class SyntheticPredictor(WindowPredictor):
+    """Window predictions made from ground truth — a test instrument, not a model.
+
+    Args:
+        ground_truth: a :class:`storage.ground_truth.GroundTruth` or
+            :class:`geo4d.synthetic.RenderedVideo` (anything with ``depth`` (T,H,W) with +inf at sky,
+            ``intrinsics`` (T,3,3), ``world_from_cam`` (T,4,4) and ``dynamic_mask`` (T,H,W)).
+        noise: :class:`SyntheticNoise` (or a dict of its fields); default clean.
+        seed: seeds the gauges, the noise and the choice of corrupted windows.
+        window_size, stride: the window layout used to choose the corrupted windows.
+
+    Attributes:
+        gauges: ``{start: {...}}`` for every window predicted so far: ``s_pm``, ``s_ray``,
+            ``disp_a``, ``disp_b``, ``pm_z_offset`` (scene units, 0 unless enabled), ``corrupted``,
+            ``corrupt_axis``, ``ref_from_cam`` (V,4,4: the poses actually used, after jitter and
+            corruption, with unscaled translations) and ``depth_factor`` (V,H,W: the multiplicative
+            depth noise, ones when clean).
+        corrupted_starts: sorted starts of the windows that get a wrong rotation.
+
+    Example:
+        >>> from geo4d.synthetic import make_scene, render
+        >>> gt = render(make_scene(0, n_frames=16, height=16, width=24))
+        >>> p = SyntheticPredictor(gt, seed=1).predict_window(gt.frames, 0)
+        >>> p.pointmap.shape, float(p.pointmap_conf[gt.depth[:16] == np.inf].max())
+        ((16, 16, 24, 3), 0.0)
+    """
+
+    name = SYNTHETIC_NAME
+    description = (
+        "Synthetic predictor — a TEST INSTRUMENT. Its predictions are computed from the video's "
+        "ground truth (not from the pixels) with unknown per-window gauges (point-map scale, "
+        "ray-moment scale, disparity affine map) and configurable noise; metrics obtained with it "
+        "measure the fusion, not a network."
+    )
+    image_size = None  # the ground truth's resolution
+
+    def __init__(self, ground_truth: Any, noise: SyntheticNoise | dict | None = None, seed: int = 0,
+                 window_size: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE) -> None:
+        depth = np.asarray(ground_truth.depth)
+        if depth.ndim != 3:
+            raise InputError(f"synthetic predictor: ground-truth depth must be (T, H, W), got {depth.shape}")
+        T, H, W = depth.shape
+        K = np.asarray(ground_truth.intrinsics, dtype=np.float64)
+        P = np.asarray(ground_truth.world_from_cam, dtype=np.float64)
+        dyn = np.asarray(ground_truth.dynamic_mask, dtype=bool)
+        for what, arr, shape in (("intrinsics", K, (T, 3, 3)), ("world_from_cam", P, (T, 4, 4)),
+                                 ("dynamic_mask", dyn, (T, H, W))):
+            if arr.shape != shape:
+                raise InputError(f"synthetic predictor: ground-truth {what} must be {shape}, got {arr.shape}")
+        if isinstance(noise, dict):
+            noise = SyntheticNoise.from_dict(noise)
+        self.noise = noise or SyntheticNoise()
+        if int(seed) != seed or seed < 0:
+            raise InputError(f"synthetic predictor: seed must be an integer >= 0, got {seed!r}")
+        self.seed = int(seed)
+        self.window_size = int(window_size)
+        self.stride = int(stride)
+        self._depth = depth
+        self._K = K
+        self._world_from_cam = P
+        self._dynamic = dyn
+        self._source = str(getattr(ground_truth, "path", None) or "in-memory ground truth")
+        self.n_frames, self.height, self.width = T, H, W
+        self.gauges: dict[int, dict] = {}
+        self.corrupted_starts = self._choose_corrupted()
+
+    # -- set-up ----------------------------------------------------------------------------
+    def _choose_corrupted(self) -> list[int]:
+        n = int(self.noise.corrupt_windows)
+        if n == 0:
+            return []
+        try:
+            starts = window_starts(self.n_frames, self.window_size, self.stride)
+        except ValueError as exc:
+            raise InputError(f"synthetic predictor: cannot corrupt windows: {exc}") from exc
+        if n > len(starts):
+            raise InputError(
+                f"synthetic noise: corrupt_windows={n} but the video has only {len(starts)} windows"
+            )
+        rng = np.random.default_rng([self.seed, 0xC0, self.n_frames])
+        return sorted(int(s) for s in rng.choice(starts, size=n, replace=False))
+
+    def parameters(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": "synthetic",
+            "test_instrument": True,
+            "seed": self.seed,
+            "noise": asdict(self.noise),
+            "window_size": self.window_size,
+            "stride": self.stride,
+            "corrupted_starts": list(self.corrupted_starts),
+            "ground_truth": self._source,
+        }
+
+    # -- prediction ------------------------------------------------------------------------
+    def predict_window(self, frames: np.ndarray, start: int) -> WindowPrediction:
+        """Predict the window of frames ``start … start+V−1`` (the pixels are not looked at).
+
+        Args:
+            frames: (V, H, W, 3) frames at the ground truth's resolution.
+            start: index of the window's first frame.
+
+        Raises:
+            InputError: frames of another size than the ground truth, or a window past its end.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise InputError(f"synthetic predictor: frames must be (V, H, W, 3), got {frames.shape}")
+        V, H, W = frames.shape[:3]
+        if (H, W) != (self.height, self.width):
+            raise InputError(
+                f"synthetic predictor: frames are {W}×{H} (W×H) but its ground truth ({self._source}) is "
+                f"{self.width}×{self.height}; decode the video at the ground truth's size"
+            )
+        start = int(start)
+        if V < 1 or start < 0 or start + V > self.n_frames:
+            raise InputError(
+                f"synthetic predictor: window {start}…{start + V - 1} lies outside the ground truth's "
+                f"{self.n_frames} frames ({self._source})"
+            )
+        nz = self.noise
+        idx = slice(start, start + V)
+        depth = self._depth[idx].astype(np.float64)
+        valid = np.isfinite(depth) & (depth > 0)
+        K = self._K[idx]
+
+        # Gauges: their own random stream, so that noise settings never change them.
+        g = np.random.default_rng([self.seed, start, 0])
+        log_lo, log_hi = np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1])
+        s_pm = float(np.exp(g.uniform(log_lo, log_hi)))
+        s_ray = float(np.exp(g.uniform(log_lo, log_hi)))
+        a_factor = float(np.exp(g.uniform(-0.3, 0.3)))
+        b_shift = float(g.uniform(-0.1, 0.1))
+
+        rng = np.random.default_rng([self.seed, start, 1])
+        # Smooth multiplicative depth noise, one field per frame.
+        factor = np.ones_like(depth)
+        if nz.depth_noise > 0:
+            factor = np.exp(nz.depth_noise * _smooth_fields(rng, V, H, W, nz.depth_noise_cells))
+        depth_n = np.where(valid, depth * factor, np.inf)
+
+        # Poses of the window in its reference frame, then jitter and corruption (frames > first).
+        ref_from_cam = invert_pose(self._world_from_cam[start])[None] @ self._world_from_cam[idx]
+        ref_from_cam[0] = np.eye(4)
+        if nz.pose_jitter_deg > 0 or nz.pose_jitter_trans > 0:
+            med = float(np.median(depth[0][valid[0]])) if valid[0].any() else 1.0
+            for i in range(1, V):
+                Rj = _random_rotation(rng, nz.pose_jitter_deg)
+                ref_from_cam[i, :3, :3] = ref_from_cam[i, :3, :3] @ Rj
+                ref_from_cam[i, :3, 3] += rng.normal(0.0, nz.pose_jitter_trans * med, size=3)
+        corrupted = start in self.corrupted_starts
+        axis = None
+        if corrupted:
+            c = np.random.default_rng([self.seed, start, 2])
+            axis = c.normal(size=3)
+            axis /= np.linalg.norm(axis)
+            Rc = np.eye(4)
+            Rc[:3, :3] = _rotation(axis, np.radians(nz.corrupt_deg))
+            ref_from_cam[1:] = Rc[None] @ ref_from_cam[1:]
+
+        # Point map in the reference frame.
+        pts_cam = unproject_depth(np.where(valid, depth_n, 0.0), K)
+        pts = transform_points(ref_from_cam, pts_cam)
+        z_off = 0.0
+        if nz.pointmap_z_offset and valid.any():
+            z_off = float(np.percentile(pts[..., 2][valid], 2.0) - 0.01)
+            pts[..., 2] -= z_off
+        pointmap = np.where(valid[..., None], s_pm * pts, 0.0)
+
+        # Confidence: ~1–8, lower far away, on moving objects and at depth edges; 0 = invalid (sky).
+        conf = 8.0 / (1.0 + depth_n / 20.0)
+        conf = np.where(self._dynamic[idx], 0.35 * conf, conf)
+        conf = np.where(_depth_edges(depth), 0.35 * conf, conf)
+        conf = np.where(valid, conf, 0.0)
+
+        # Plücker rays of the same cameras; moment scaled by its own gauge.
+        ray_dir, ray_moment = plucker_rays(ref_from_cam, K, H, W)
+        ray_moment = s_ray * ray_moment
+
+        # Disparity: an affine map of inverse depth, normalised roughly to [0, 1] like the network's.
+        inv = np.where(valid, 1.0 / depth_n, 0.0)
+        if valid.any():
+            lo, hi = np.percentile(inv[valid], [2.0, 98.0])
+        else:
+            lo, hi = 0.0, 1.0
+        disp_a = a_factor / max(hi - lo, 1e-6)
+        disp_b = -disp_a * lo + b_shift
+        disparity = np.where(valid, disp_a * inv + disp_b, 0.0)
+
+        self.gauges[start] = {
+            "s_pm": s_pm,
+            "s_ray": s_ray,
+            "disp_a": float(disp_a),
+            "disp_b": float(disp_b),
+            "pm_z_offset": z_off,
+            "corrupted": corrupted,
+            "corrupt_axis": axis,
+            "ref_from_cam": ref_from_cam.copy(),
+            "depth_factor": factor,
+        }
+        f32 = np.float32
+        return WindowPrediction(
+            pointmap=pointmap.astype(f32),
+            pointmap_conf=conf.astype(f32),
+            ray_dir=ray_dir.astype(f32),
+            ray_moment=ray_moment.astype(f32),
+            disparity=disparity.astype(f32),
+        )
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(np.asarray(axis, float) * angle).as_matrix()
+
+
+def _random_rotation(rng: np.random.Generator, std_deg: float) -> np.ndarray:
+    """A rotation about a uniformly random axis by an angle ~ N(0, std_deg)."""
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    return _rotation(axis, np.radians(rng.normal(0.0, std_deg)))
+
+
+def _smooth_fields(rng: np.random.Generator, n: int, H: int, W: int, cells: float) -> np.ndarray:
+    """``n`` smooth random fields (n,H,W), each with zero mean and unit std over its pixels.
+
+    Gaussian values on a coarse grid (about ``cells`` cells across the longer side) upsampled with
+    cubic splines (scipy.ndimage.zoom).
+    """
+    from scipy.ndimage import zoom
+
+    step = max(H, W) / float(cells)
+    gh = max(2, int(np.ceil(H / step)) + 2)
+    gw = max(2, int(np.ceil(W / step)) + 2)
+    coarse = rng.normal(size=(n, gh, gw))
+    out = np.empty((n, H, W))
+    for i in range(n):
+        f = zoom(coarse[i], (H / gh, W / gw), order=3, mode="nearest", grid_mode=True)[:H, :W]
+        if f.shape != (H, W):  # zoom rounds sizes; pad the rare off-by-one
+            f = np.pad(f, ((0, H - f.shape[0]), (0, W - f.shape[1])), mode="edge")
+        f = f - f.mean()
+        sd = f.std()
+        out[i] = f / sd if sd > 0 else f
+    return out
+
+
+def _depth_edges(depth: np.ndarray, rel: float = 0.1) -> np.ndarray:
+    """(V,H,W) True where a 4-neighbour's depth differs by more than ``rel`` (relative) or is sky."""
+    inv = np.where(np.isfinite(depth), 1.0 / depth, 0.0)
+    edge = np.zeros(depth.shape, bool)
+    for axis in (1, 2):
+        diff = np.abs(np.diff(inv, axis=axis))
+        ref = np.maximum(np.take(inv, range(inv.shape[axis] - 1), axis=axis),
+                         np.take(inv, range(1, inv.shape[axis]), axis=axis))
+        jump = diff > rel * np.maximum(ref, 1e-12)
+        sl_a = [slice(None)] * 3
+        sl_b = [slice(None)] * 3
+        sl_a[axis] = slice(0, -1)
+        sl_b[axis] = slice(1, None)
+        edge[tuple(sl_a)] |= jump
+        edge[tuple(sl_b)] |= jump
+    return edge

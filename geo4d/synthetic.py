@@ -308,8 +308,9 @@ def make_scene(
     yaw_total = np.radians(rng.uniform(15, 35)) * rng.choice([-1, 1])
     ph = rng.uniform(0, 2 * np.pi, size=4)
     yaw = yaw_total * ease + np.radians(1.5) * (np.sin(2 * np.pi * 1.3 * s + ph[0]) - np.sin(ph[0]))
-    pitch0 = np.radians(rng.uniform(-4, -1))  # looking slightly down
-    pitch = pitch0 + np.radians(1.5) * np.sin(2 * np.pi * 0.9 * s + ph[1])
+    half_vfov = np.arctan2(H / 2, f)
+    tilt0 = rng.uniform(0.15, 0.35) * half_vfov  # looking slightly down, scaled to the field of view
+    tilt = tilt0 + np.radians(1.5) * np.sin(2 * np.pi * 0.9 * s + ph[1])
     roll = np.radians(1.5) * np.sin(2 * np.pi * 0.7 * s + ph[2])
     fwd = rng.uniform(1.5, 3.5)
     lat = rng.uniform(0.3, 1.2) * rng.choice([-1, 1])
@@ -318,11 +319,12 @@ def make_scene(
         0.15 * np.sin(2 * np.pi * s),
         fwd * (0.7 * s + 0.3 * ease),
     ], axis=-1)
-    # R = yaw about scene y, then pitch about camera x, then roll about camera z. A camera looking
-    # down has its optical axis tilted towards +y (scene "down"): rotation about x by -pitch0.
-    R = _rot_y(yaw) @ _rot_x(-pitch) @ _rot_z(roll)
+    # scene_from_cam rotation = yaw about the scene's vertical (positive turns right, towards +x),
+    # then tilt about the camera's x axis (R_x(-tilt) moves the optical axis towards +y: down),
+    # then roll about the optical axis.
+    R = _rot_y(yaw) @ _rot_x(-tilt) @ _rot_z(roll)
     scene_from_cam = _pose(R, centre)
-    params["camera"] = {"yaw_total_deg": float(np.degrees(yaw_total)), "pitch0_deg": float(np.degrees(pitch0)),
+    params["camera"] = {"yaw_total_deg": float(np.degrees(yaw_total)), "tilt_down_deg": float(np.degrees(tilt0)),
                         "forward": fwd, "lateral": lat}
 
     ground_y = float(rng.uniform(1.4, 1.8))
@@ -355,12 +357,19 @@ def make_scene(
         static("box", half, c, rng.uniform(0, np.pi / 2), _material(rng, (0.25, 0.8)), f"box-{i}")
 
     # Moving objects: alternately a rolling (possibly bouncing) sphere and a spinning box.
+    mid_i = (T - 1) // 2
+    yaw_mid = float(yaw[mid_i])
+    half_hfov = float(np.arctan2(W / 2, f))
     for i in range(n_dynamic):
         mat = _material(rng, (0.15, 0.5), pattern=str(rng.choice(["checker", "stripes"])))
         heading = rng.uniform(-np.pi / 6, np.pi / 6) + (np.pi if rng.uniform() < 0.5 else 0.0)
-        direction = np.array([np.cos(heading), 0.0, np.sin(heading)])
+        heading += yaw_mid  # mostly across the camera's mid-video line of sight
+        direction = np.array([np.cos(heading), 0.0, -np.sin(heading)])
         travel = rng.uniform(2.0, 5.0)
-        start = np.array([rng.uniform(-5, 5), 0.0, rng.uniform(8, 13)])
+        # in view at mid-video: 8–13 units from the camera, within ±60 % of the half field of view
+        bearing = yaw_mid + rng.uniform(-0.6, 0.6) * half_hfov
+        mid = centre[mid_i] + rng.uniform(8, 13) * np.array([np.sin(bearing), 0.0, np.cos(bearing)])
+        start = mid - 0.5 * travel * direction
         pos = start[None] + (s * travel)[:, None] * direction[None]
         if i % 2 == 0:
             r = rng.uniform(0.5, 1.0)

@@ -200,8 +200,11 @@ def test_video_decodes_to_the_right_frames(rendered, tmp_path):
         decoded = [f.to_ndarray(format="rgb24") for f in c.decode(stream)]
     assert len(decoded) == T
     assert decoded[0].shape == (H, W, 3)
-    err = np.abs(np.stack(decoded).astype(float) - rendered.frames.astype(float)).mean()
-    assert err < 8, err  # lossy but close (crf 18)
+    diff = np.stack(decoded).astype(float) - rendered.frames.astype(float)
+    psnr = 10 * np.log10(255.0 ** 2 / np.mean(diff ** 2))
+    # lossy (crf 18, chroma subsampled 2×2 on small, saturated textures) but the same pictures
+    assert psnr > 24 and np.median(np.abs(diff)) <= 4, (psnr, np.median(np.abs(diff)))
+    assert np.abs(diff.mean(axis=(0, 1, 2))).max() < 3  # no colour shift
 
 
 def test_write_video_rejects_odd_sizes_and_bad_dtype(tmp_path):

@@ -171,7 +171,8 @@ def transform_points(trans_01: np.ndarray, points_1: np.ndarray) -> np.ndarray:
         )
     Rb = R.reshape(R.shape[:-2] + (1,) * extra + (3, 3))
     tb = t.reshape(t.shape[:-1] + (1,) * extra + (3,))
-    return np.einsum("...ij,...j->...i", Rb, points_1) + tb
+    # p @ Rᵀ (BLAS matmul) rather than einsum: ~10× faster on per-pixel maps.
+    return np.matmul(points_1[..., None, :], np.swapaxes(Rb, -1, -2))[..., 0, :] + tb
 
 
 def invert_pose(trans_01: np.ndarray) -> np.ndarray:

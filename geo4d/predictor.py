@@ -108,7 +108,7 @@ def predictor_from_spec(spec: dict, video_path: str | None = None) -> WindowPred
                 "no <video>.gt directory beside it"
             )
         return SyntheticPredictor(
-            read_ground_truth(gt_dir), noise=SyntheticNoise(**spec.get("noise", {})), seed=int(spec.get("seed", 0))
+            read_ground_truth(gt_dir), noise=SyntheticNoise.from_dict(spec.get("noise") or {}), seed=int(spec.get("seed", 0))
         )
     if kind == "geo4d":
         from geo4d_model.predictor import Geo4DPredictor

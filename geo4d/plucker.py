@@ -42,10 +42,11 @@ def plucker_rays(ref_from_cam: np.ndarray, K: np.ndarray, height: int, width: in
     grid = pixel_grid(height, width)
     pix = np.concatenate([grid, np.ones((height, width, 1))], axis=-1)  # (H,W,3)
     Kinv = np.linalg.inv(K)  # (V,3,3)
-    rays_cam = np.einsum("vij,hwj->vhwi", Kinv, pix)
     R = ref_from_cam[:, :3, :3]
     c = ref_from_cam[:, :3, 3]
-    d = np.einsum("vij,vhwj->vhwi", R, rays_cam)
+    # d = R K⁻¹ [u, v, 1]ᵀ for every pixel, as one BLAS matmul per frame: pix (H·W,3) @ (R K⁻¹)ᵀ.
+    M = np.matmul(R, Kinv)  # (V,3,3)
+    d = np.matmul(pix.reshape(1, -1, 3), np.swapaxes(M, -1, -2)).reshape(V, height, width, 3)
     d /= np.linalg.norm(d, axis=-1, keepdims=True)
     m = np.cross(np.broadcast_to(c[:, None, None, :], d.shape), d)
     return d, m

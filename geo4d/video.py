@@ -40,7 +40,7 @@ def _open(path: str | os.PathLike):
         raise InputError(f"{p}: not a readable video ({_reason(exc)})") from exc
     if not container.streams.video:
         container.close()
-        raise InputError(f"{p}: contains no video stream")
+        raise InputError(f"{p}: contains no video stream (truncated or corrupt file, or not a video)")
     return container
 
 

@@ -170,7 +170,8 @@ class _Reader:
             raise InputError(f"{self.source}: {self.where}.{key} = {value!r} is not a valid {kind.__name__}") from None
 
     def sub(self, key: str) -> _Reader:
-        return _Reader(self.block.get(key), f"{self.where}.{key}", self.source)
+        where = key if self.where == "<root>" else f"{self.where}.{key}"
+        return _Reader(self.block.get(key), where, self.source)
 
 
 def _autoencoder(r: _Reader) -> AutoencoderConfig:

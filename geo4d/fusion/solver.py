@@ -1,0 +1,577 @@
+"""Global alignment of the windows: closed-form chaining, then robust Levenberg-Marquardt.
+
+Unknowns (all small; no per-pixel parameter):
+
+* per frame ``i``: ``world_from_cam_i = (R_i, c_i)`` (frame 0 fixed at the identity);
+* per window ``g``: a similarity ``S_g: x ↦ s_g Q_g x + t_g`` from the window's (z-shifted) point-map
+  frame to the world (``s_0 = 1`` fixes the scale during the solve), and ``ρ_g``, the scale of its
+  ray-map camera centres.
+
+Measurements, for every (window ``g``, frame ``k``) pair ``q`` (frame ``i = start_g + k``):
+
+* point-map camera ``(R^pm_q, c^pm_q)`` (PnP on the window's point map) and per-pixel camera-frame
+  depths ``z_qp`` at sampled pixels;
+* ray-map camera ``(R^ray_q, c^ray_q)`` (Procrustes + moments).
+
+Residuals (each divided by a robustly estimated noise level and multiplied by the term's α):
+
+* point-map term: ``log(R_iᵀ Q_g R^pm_q)``, ``(c_i − s_g Q_g c^pm_q − t_g)/d_i`` and, per pixel,
+  ``log s_g + log z_qp − L_ip`` where the fused log depth ``L_ip`` is eliminated in closed form
+  (a weighted mean over the windows that see frame ``i``) — this is the point-map distance of the
+  Geo4D objective written as angle, relative position and relative depth;
+* ray term: ``log(R_iᵀ Q_g R^ray_q)``, ``(c_i − ρ_g Q_g c^ray_q − t_g)/d_i``;
+* smoothness: second differences of the rotation (``log(R_iᵀR_{i+1}) − log(R_{i−1}ᵀR_i)``) and of the
+  centres, relative to the scene depth ``d_i``.
+
+``d_i`` is frame ``i``'s median depth. Robustness: iteratively re-weighted least squares with a
+Cauchy weight per (window, frame) pair and per modality; the noise levels are re-estimated each
+round (median absolute residuals), so clean input gets a near-zero noise level and the smoothness
+prior does not bias it. The normal equations are sparse and banded in time (scipy.sparse).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import spsolve
+
+from geo4d.fusion.lie import inv_left_jacobian, inv_right_jacobian, skew, so3_exp, so3_log
+
+__all__ = ["PairData", "State", "chain_init", "refine", "robust_rotation_mean"]
+
+_ROT_FLOOR = 2e-5  # rad: smallest noise level assumed for rotations (≈ 0.001°)
+_CENTRE_FLOOR = 2e-5  # relative to the scene depth
+_DEPTH_FLOOR = 2e-5  # log depth
+
+
+@dataclass
+class PairData:
+    """Per-(window, frame) measurements, P pairs with n sampled pixels each."""
+
+    g: np.ndarray  # (P,) window index
+    k: np.ndarray  # (P,) frame index inside the window
+    i: np.ndarray  # (P,) frame index in the video
+    R_pm: np.ndarray  # (P,3,3) point-map camera rotation (window frame)
+    c_pm: np.ndarray  # (P,3) point-map camera centre (window units, z-shifted frame)
+    pm_ok: np.ndarray  # (P,) bool
+    logz: np.ndarray  # (P,n) log camera-frame depth at the samples (window units)
+    wz: np.ndarray  # (P,n) sample weights, 0 = invalid
+    R_ray: np.ndarray | None = None  # (P,3,3)
+    c_ray: np.ndarray | None = None  # (P,3)
+    ray_ok: np.ndarray | None = None  # (P,) bool
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.g)
+
+
+@dataclass
+class State:
+    R: np.ndarray  # (T,3,3) world_from_cam rotations
+    c: np.ndarray  # (T,3) camera centres
+    Q: np.ndarray  # (G,3,3) window rotations
+    t: np.ndarray  # (G,3) window translations
+    logs: np.ndarray  # (G,) window log scales (point maps)
+    logrho: np.ndarray  # (G,) window log scales (ray centres)
+
+    def copy(self) -> State:
+        return State(self.R.copy(), self.c.copy(), self.Q.copy(), self.t.copy(), self.logs.copy(), self.logrho.copy())
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-form initialisation
+# ---------------------------------------------------------------------------------------------
+def robust_rotation_mean(Rs: np.ndarray, w: np.ndarray | None = None, iterations: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Robust mean of rotations (N,3,3): chordal mean re-weighted by a Cauchy loss on the angle.
+
+    Returns ``(R_mean, weights)`` with the final per-rotation weights in [0, 1].
+    """
+    N = len(Rs)
+    w0 = np.ones(N) if w is None else np.asarray(w, dtype=np.float64)
+    from geo4d.fusion.lie import project_to_rotation
+
+    R = project_to_rotation((w0[:, None, None] * Rs).sum(0))
+    # Start from the rotation with the smallest summed distance to the others (medoid): immune to a
+    # minority of outliers, which the chordal mean is not.
+    if N > 2:
+        ang = np.linalg.norm(so3_log(np.einsum("aji,bjk->abik", Rs, Rs).reshape(-1, 3, 3)), axis=-1).reshape(N, N)
+        R = Rs[int(np.argmin((w0[None, :] * ang).sum(1)))]
+    rw = w0.copy()
+    for _ in range(iterations):
+        a = np.linalg.norm(so3_log(np.einsum("ji,njk->nik", R, Rs)), axis=-1)
+        scale = max(1.4826 * float(np.median(a)), np.radians(0.05))
+        rw = w0 / (1.0 + (a / (3.0 * scale)) ** 2)
+        R = project_to_rotation((rw[:, None, None] * Rs).sum(0))
+    return R, rw / np.maximum(w0, 1e-300)
+
+
+def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
+    o = np.argsort(x)
+    cw = np.cumsum(w[o])
+    return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
+
+
+def chain_init(pairs: PairData, starts: np.ndarray, n_frames: int) -> tuple[State, np.ndarray]:
+    """Place the windows one after the other (in order of their start) on the frames placed so far.
+
+    Window 0 defines the world (``S_0 = I``). For a later window: rotation = robust mean of
+    ``R_i R^pm_qᵀ`` over its already-placed frames; log scale = weighted median of ``L_ip − log z_qp``
+    over their sampled pixels (``L`` the running fused log depth); translation = weighted mean of
+    ``c_i − s Q c^pm_q``. Frames seen for the first time get ``S_g ∘ (R^pm_q, c^pm_q)``.
+
+    Returns:
+        (state, placed) where ``placed`` (T,) is False for frames no valid pair reached.
+    """
+    G = len(starts)
+    T = n_frames
+    R = np.tile(np.eye(3), (T, 1, 1))
+    c = np.zeros((T, 3))
+    Q = np.tile(np.eye(3), (G, 1, 1))
+    t = np.zeros((G, 3))
+    logs = np.zeros(G)
+    placed = np.zeros(T, bool)
+    n = pairs.logz.shape[1]
+    Lsum = np.zeros((T, n))
+    Lw = np.zeros((T, n))
+    order = np.argsort(starts, kind="stable")
+    by_window = [np.flatnonzero((pairs.g == g) & pairs.pm_ok) for g in range(G)]
+    first = True
+    for g in order:
+        qs = by_window[g]
+        if len(qs) == 0:
+            continue
+        fi = pairs.i[qs]
+        old = placed[fi]
+        if first:
+            # The world is the camera of the first window's first frame.
+            q0 = qs[np.argmin(pairs.k[qs])]
+            Qg = pairs.R_pm[q0].T
+            sg = 1.0
+            tg = -Qg @ pairs.c_pm[q0]
+            first = False
+        elif not old.any():
+            # No overlap with what is placed (should not happen for covering windows): continue the
+            # trajectory from the last placed frame with unit relative scale.
+            last = int(np.flatnonzero(placed).max())
+            q0 = qs[np.argmin(pairs.k[qs])]
+            Qg = R[last] @ pairs.R_pm[q0].T
+            sg = 1.0
+            tg = c[last] - Qg @ pairs.c_pm[q0]
+        else:
+            qo = qs[old]
+            Qg, _ = robust_rotation_mean(np.einsum("nij,nkj->nik", R[pairs.i[qo]], pairs.R_pm[qo]))
+            # Scale from depths of shared pixels.
+            Li = Lsum[pairs.i[qo]] / np.maximum(Lw[pairs.i[qo]], 1e-300)
+            m = (Lw[pairs.i[qo]] > 0) & (pairs.wz[qo] > 0)
+            if m.sum() >= 3:
+                wm = (pairs.wz[qo] * Lw[pairs.i[qo]])[m]
+                sg = float(np.exp(_weighted_median((Li - pairs.logz[qo])[m], wm)))
+            else:
+                sg = 1.0
+            tc = c[pairs.i[qo]] - sg * np.einsum("ij,nj->ni", Qg, pairs.c_pm[qo])
+            tg = np.median(tc, axis=0)
+        Q[g], t[g], logs[g] = Qg, tg, np.log(sg)
+        new = qs[~old]
+        R[pairs.i[new]] = np.einsum("ij,njk->nik", Qg, pairs.R_pm[new])
+        c[pairs.i[new]] = sg * np.einsum("ij,nj->ni", Qg, pairs.c_pm[new]) + tg
+        placed[pairs.i[new]] = True
+        wz = pairs.wz[qs]
+        Lsum[fi] += wz * (pairs.logz[qs] + np.log(sg))
+        Lw[fi] += wz
+    # World = camera of frame 0: re-express everything relative to it.
+    R0, c0 = R[0].copy(), c[0].copy()
+    R = np.einsum("ji,njk->nik", R0, R)
+    c = np.einsum("ji,nj->ni", R0, c - c0)
+    Q = np.einsum("ji,njk->nik", R0, Q)
+    t = np.einsum("ji,nj->ni", R0, t - c0)
+    state = State(R, c, Q, t, logs, np.zeros(G))
+    return state, placed
+
+
+def init_ray_scales(state: State, pairs: PairData) -> None:
+    """``ρ_g`` by least squares of ``c_i − t_g ≈ ρ Q_g c^ray_q`` over the window's pairs (in place)."""
+    if pairs.c_ray is None:
+        return
+    G = len(state.logs)
+    for g in range(G):
+        m = (pairs.g == g) & pairs.ray_ok
+        if not m.any():
+            continue
+        a = np.einsum("ij,nj->ni", state.Q[g], pairs.c_ray[m])
+        b = state.c[pairs.i[m]] - state.t[g]
+        den = (a * a).sum()
+        num = (a * b).sum()
+        if den > 0 and num > 0:
+            state.logrho[g] = np.log(num / den)
+        else:
+            state.logrho[g] = state.logs[g]
+
+
+# ---------------------------------------------------------------------------------------------
+# Residual blocks
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Block:
+    r: np.ndarray  # (B, m)
+    w: np.ndarray  # (B,)
+    terms: list = field(default_factory=list)  # [(cols (B,p) int, J (B,m,p))]
+
+
+class _Layout:
+    """Column indices of the parameters in the LM increment vector."""
+
+    def __init__(self, T: int, G: int, rays: bool):
+        self.T, self.G, self.rays = T, G, rays
+        self.pose = np.full(T, -1)
+        self.pose[1:] = 6 * np.arange(T - 1)
+        base = 6 * (T - 1)
+        self.wsize = 8 if rays else 7
+        self.win = base + self.wsize * np.arange(G)
+        self.n = base + self.wsize * G
+
+    def pose_cols(self, i: np.ndarray, part: int) -> np.ndarray:
+        """part 0: rotation increment (3), part 1: centre increment (3)."""
+        b = self.pose[i]
+        cols = b[:, None] + 3 * part + np.arange(3)[None]
+        return np.where(b[:, None] >= 0, cols, -1)
+
+    def win_cols(self, g: np.ndarray, offs) -> np.ndarray:
+        cols = self.win[g][:, None] + np.asarray(offs)[None]
+        if 6 in offs:
+            j = list(offs).index(6)
+            cols[:, j] = np.where(g == 0, -1, cols[:, j])  # s_0 fixed (scale gauge)
+        return cols
+
+
+def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, d: np.ndarray,
+                 w_rot: np.ndarray, w_c: np.ndarray) -> tuple[_Block, _Block, np.ndarray, np.ndarray]:
+    if modality == "pm":
+        m = pairs.pm_ok
+        Rm, cm, logk, koff = pairs.R_pm[m], pairs.c_pm[m], state.logs, 6
+    else:
+        m = pairs.ray_ok
+        Rm, cm, logk, koff = pairs.R_ray[m], pairs.c_ray[m], state.logrho, 7
+    pi, pg = pairs.i[m], pairs.g[m]
+    Ri, ci, Qg, tg = state.R[pi], state.c[pi], state.Q[pg], state.t[pg]
+    E = np.einsum("nji,njk,nkl->nil", Ri, Qg, Rm)
+    r_rot = so3_log(E)
+    Jl = inv_left_jacobian(r_rot)
+    rot = _Block(r_rot, w_rot[m], [
+        (lay.pose_cols(pi, 0), -Jl),
+        (lay.win_cols(pg, [0, 1, 2]), np.einsum("nij,nkj->nik", Jl, Ri)),
+    ])
+    k = np.exp(logk[pg])
+    Bv = k[:, None] * np.einsum("nij,nj->ni", Qg, cm)
+    di = d[pi][:, None]
+    r_c = (ci - Bv - tg) / di
+    eye = np.broadcast_to(np.eye(3), (len(pi), 3, 3))
+    cen = _Block(r_c, w_c[m], [
+        (lay.pose_cols(pi, 1), eye / di[..., None]),
+        (lay.win_cols(pg, [0, 1, 2]), skew(Bv) / di[..., None]),
+        (lay.win_cols(pg, [3, 4, 5]), -eye / di[..., None]),
+        (lay.win_cols(pg, [koff]), (-Bv / di)[..., None]),
+    ])
+    return rot, cen, r_rot, r_c
+
+
+def _smooth_blocks(state: State, lay: _Layout, d: np.ndarray, w_rot: float, w_tr: float) -> list[_Block]:
+    T = lay.T
+    if T < 3:
+        return []
+    i = np.arange(1, T - 1)
+    Da = so3_log(np.einsum("nji,njk->nik", state.R[i - 1], state.R[i]))
+    Db = so3_log(np.einsum("nji,njk->nik", state.R[i], state.R[i + 1]))
+    r = Db - Da
+    rot = _Block(r, np.full(len(i), w_rot), [
+        (lay.pose_cols(i + 1, 0), inv_right_jacobian(Db)),
+        (lay.pose_cols(i, 0), -inv_left_jacobian(Db) - inv_right_jacobian(Da)),
+        (lay.pose_cols(i - 1, 0), inv_left_jacobian(Da)),
+    ])
+    di = d[i][:, None]
+    rt = (state.c[i + 1] - 2 * state.c[i] + state.c[i - 1]) / di
+    eye = np.broadcast_to(np.eye(3), (len(i), 3, 3)) / di[..., None]
+    tr = _Block(rt, np.full(len(i), w_tr), [
+        (lay.pose_cols(i + 1, 1), eye),
+        (lay.pose_cols(i, 1), -2 * eye),
+        (lay.pose_cols(i - 1, 1), eye),
+    ])
+    return [rot, tr]
+
+
+class _DepthTerm:
+    """Per-pixel log-depth agreement between the windows that see a frame, fused depth eliminated.
+
+    For frame i, pixel p and covering pairs c = 1…C with weights w̃ and log depths l: the cost
+    ``½ Σ_c w̃_c (σ_c + l_c − L*)²`` with ``L*`` the weighted mean is exactly quadratic in the window
+    log scales ``σ``: ``½ σᵀHσ + bᵀσ + ½κ`` with ``H = Σ_p diag(w̃) − w̃w̃ᵀ/W``.
+    """
+
+    def __init__(self, pairs: PairData, n_frames: int, pair_w: np.ndarray, scale: float):
+        T = n_frames
+        q_ok = np.flatnonzero(pairs.pm_ok)
+        counts = np.bincount(pairs.i[q_ok], minlength=T)
+        C = max(1, int(counts.max()) if len(q_ok) else 1)
+        cover = np.full((T, C), -1)
+        fill = np.zeros(T, int)
+        for q in q_ok:
+            i = pairs.i[q]
+            cover[i, fill[i]] = q
+            fill[i] += 1
+        self.cover = cover
+        valid = cover >= 0
+        qq = np.where(valid, cover, 0)
+        wz = pairs.wz[qq] * valid[..., None]  # (T,C,n)
+        norm = wz.sum(-1, keepdims=True)
+        wt = np.where(norm > 0, wz / np.maximum(norm, 1e-300), 0.0) * (pair_w[qq] * valid)[..., None] * scale
+        l = np.where(wt > 0, pairs.logz[qq], 0.0)
+        W = wt.sum(1)  # (T,n)
+        Wi = np.where(W > 0, 1.0 / np.maximum(W, 1e-300), 0.0)
+        self.H = np.einsum("tcn->tc", wt)[..., None] * np.eye(C)[None] - np.einsum("tan,tbn,tn->tab", wt, wt, Wi)
+        wl = wt * l
+        self.b = wl.sum(-1) - np.einsum("tcn,tn->tc", wt, (wl.sum(1) * Wi))
+        self.kappa = (wl * l).sum((1, 2)) - ((wl.sum(1)) ** 2 * Wi).sum(-1)
+        self.g = np.where(valid, pairs.g[qq], 0)
+        self.valid = valid
+        self.wt, self.l, self.Wi = wt, l, Wi
+
+    def sigma(self, logs: np.ndarray) -> np.ndarray:
+        return np.where(self.valid, logs[self.g], 0.0)
+
+    def cost(self, logs: np.ndarray) -> float:
+        s = self.sigma(logs)
+        return float(0.5 * np.einsum("ta,tab,tb->", s, self.H, s) + (self.b * s).sum() + 0.5 * self.kappa.sum())
+
+    def deviations(self, logs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per (frame, cover slot, pixel) deviation ``σ + l − L*`` and the weights used."""
+        s = self.sigma(logs)
+        v = s[..., None] + self.l
+        L = (self.wt * v).sum(1) * self.Wi
+        return np.where(self.wt > 0, v - L[:, None, :], 0.0), self.wt
+
+    def add_to(self, lay: _Layout, logs: np.ndarray, rows: list, cols: list, vals: list, grad: np.ndarray) -> None:
+        s = self.sigma(logs)
+        gcol = lay.win[self.g] + 6
+        gcol = np.where(self.valid & (self.g != 0), gcol, -1)
+        rows.append(np.broadcast_to(gcol[:, :, None], self.H.shape))
+        cols.append(np.broadcast_to(gcol[:, None, :], self.H.shape))
+        vals.append(self.H)
+        gv = np.einsum("tab,tb->ta", self.H, s) + self.b
+        ok = gcol >= 0
+        np.add.at(grad, gcol[ok], gv[ok])
+
+
+# ---------------------------------------------------------------------------------------------
+# Levenberg-Marquardt
+# ---------------------------------------------------------------------------------------------
+def _assemble(blocks: list[_Block], lay: _Layout, depth: _DepthTerm | None, logs: np.ndarray):
+    rows, cols, vals = [], [], []
+    grad = np.zeros(lay.n)
+    for blk in blocks:
+        w = blk.w
+        for ia, Ja in blk.terms:
+            ga = np.einsum("b,bmp,bm->bp", w, Ja, blk.r)
+            ok = ia >= 0
+            np.add.at(grad, ia[ok], ga[ok])
+            for ib, Jb in blk.terms:
+                Hab = np.einsum("b,bmp,bmq->bpq", w, Ja, Jb)
+                rows.append(np.broadcast_to(ia[:, :, None], Hab.shape))
+                cols.append(np.broadcast_to(ib[:, None, :], Hab.shape))
+                vals.append(Hab)
+    if depth is not None:
+        depth.add_to(lay, logs, rows, cols, vals, grad)
+    r = np.concatenate([x.reshape(-1) for x in rows])
+    c = np.concatenate([x.reshape(-1) for x in cols])
+    v = np.concatenate([x.reshape(-1) for x in vals])
+    ok = (r >= 0) & (c >= 0)
+    H = sp.coo_matrix((v[ok], (r[ok], c[ok])), shape=(lay.n, lay.n)).tocsc()
+    return H, grad
+
+
+def _apply(state: State, delta: np.ndarray, lay: _Layout) -> State:
+    s = state.copy()
+    T, G = lay.T, lay.G
+    if T > 1:
+        dp = delta[: 6 * (T - 1)].reshape(T - 1, 6)
+        s.R[1:] = state.R[1:] @ so3_exp(dp[:, 0:3])
+        s.c[1:] = state.c[1:] + dp[:, 3:6]
+    dw = delta[6 * (T - 1):].reshape(G, lay.wsize)
+    s.Q = so3_exp(dw[:, 0:3]) @ state.Q
+    s.t = state.t + dw[:, 3:6]
+    s.logs = state.logs + np.where(np.arange(G) == 0, 0.0, dw[:, 6])
+    if lay.rays:
+        s.logrho = state.logrho + dw[:, 7]
+    return s
+
+
+@dataclass
+class Weights:
+    """Weights of the residual blocks for one robust round."""
+
+    pm_rot: np.ndarray  # (P,)
+    pm_c: np.ndarray
+    ray_rot: np.ndarray
+    ray_c: np.ndarray
+    smooth_rot: float
+    smooth_tr: float
+    depth: _DepthTerm | None
+
+
+def _blocks(state: State, pairs: PairData, lay: _Layout, d: np.ndarray, W: Weights, alphas: dict) -> list[_Block]:
+    out: list[_Block] = []
+    if alphas["pointmap"] > 0:
+        rot, cen, _, _ = _pose_blocks(state, pairs, lay, "pm", d, W.pm_rot, W.pm_c)
+        out += [rot, cen]
+    if alphas["rays"] > 0 and pairs.R_ray is not None:
+        rot, cen, _, _ = _pose_blocks(state, pairs, lay, "ray", d, W.ray_rot, W.ray_c)
+        out += [rot, cen]
+    if alphas["smooth"] > 0:
+        out += _smooth_blocks(state, lay, d, W.smooth_rot, W.smooth_tr)
+    return out
+
+
+def _cost(blocks: list[_Block], depth: _DepthTerm | None, logs: np.ndarray) -> float:
+    c = sum(0.5 * float((b.w[:, None] * b.r**2).sum()) for b in blocks)
+    if depth is not None:
+        c += depth.cost(logs)
+    return c
+
+
+def levenberg_marquardt(state: State, pairs: PairData, lay: _Layout, d: np.ndarray, W: Weights, alphas: dict,
+                        iterations: int) -> tuple[State, dict]:
+    """Minimise the weighted cost over poses and window similarities; returns (state, info)."""
+    blocks = _blocks(state, pairs, lay, d, W, alphas)
+    cost = _cost(blocks, W.depth, state.logs)
+    cost0 = cost
+    lam = 1e-6
+    it = 0
+    for it in range(1, iterations + 1):
+        H, g = _assemble(blocks, lay, W.depth, state.logs)
+        diag = H.diagonal()
+        reg = sp.diags(lam * np.maximum(diag, 1e-12 * max(diag.max(), 1e-300)) + 1e-12)
+        improved = False
+        for _ in range(8):
+            try:
+                delta = -spsolve((H + reg).tocsc(), g)
+            except Exception:  # pragma: no cover - singular even with damping
+                delta = np.full(lay.n, np.nan)
+            if not np.all(np.isfinite(delta)):
+                lam *= 10.0
+                reg = sp.diags(lam * np.maximum(diag, 1e-12 * max(diag.max(), 1e-300)) + 1e-12)
+                continue
+            cand = _apply(state, delta, lay)
+            cblocks = _blocks(cand, pairs, lay, d, W, alphas)
+            ccost = _cost(cblocks, W.depth, cand.logs)
+            if ccost <= cost:
+                rel = (cost - ccost) / max(cost, 1e-300)
+                state, blocks, cost = cand, cblocks, ccost
+                lam = max(lam * 0.2, 1e-12)
+                improved = True
+                break
+            lam *= 10.0
+            reg = sp.diags(lam * np.maximum(diag, 1e-12 * max(diag.max(), 1e-300)) + 1e-12)
+        if not improved or rel < 1e-12 or float(np.abs(delta).max()) < 1e-12:
+            break
+    return state, {"iterations": it, "cost_initial": cost0, "cost_final": cost}
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust rounds
+# ---------------------------------------------------------------------------------------------
+def _robust_sigma(x: np.ndarray, floor: float) -> float:
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return floor
+    return max(1.4826 * float(np.median(np.abs(x))), floor)
+
+
+def _scene_depth(state: State, pairs: PairData, n_frames: int) -> np.ndarray:
+    """Median fused depth per frame (world units) from the sampled pixels."""
+    T = n_frames
+    n = pairs.logz.shape[1]
+    Ls = np.zeros((T, n))
+    Lw = np.zeros((T, n))
+    m = pairs.pm_ok
+    np.add.at(Ls, pairs.i[m], pairs.wz[m] * (pairs.logz[m] + state.logs[pairs.g[m]][:, None]))
+    np.add.at(Lw, pairs.i[m], pairs.wz[m])
+    d = np.ones(T)
+    for i in range(T):
+        ok = Lw[i] > 0
+        if ok.any():
+            d[i] = float(np.exp(np.median(Ls[i, ok] / Lw[i, ok])))
+    fallback = np.median(d[Lw.sum(1) > 0]) if (Lw.sum(1) > 0).any() else 1.0
+    d[Lw.sum(1) <= 0] = fallback
+    return d
+
+
+def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth_rot: float, smooth_trans: float,
+           robust_scale: float, iterations: int, rounds: int) -> tuple[State, dict]:
+    """Robust rounds of: noise levels and pair weights from the residuals, then LM.
+
+    Returns ``(state, info)`` with per-pair weights ``pm_weight``/``ray_weight`` (P,), the noise
+    levels, iteration counts and costs.
+    """
+    T, G = n_frames, len(state.logs)
+    rays = alphas["rays"] > 0 and pairs.R_ray is not None
+    lay = _Layout(T, G, rays)
+    P = pairs.n_pairs
+    pm_w = np.ones(P)
+    ray_w = np.ones(P)
+    info: dict = {"rounds": [], "iterations": 0}
+    for rnd in range(rounds):
+        d = _scene_depth(state, pairs, T)
+        # Residuals at the current state → noise levels → Cauchy pair weights.
+        sig = {}
+        Wtmp = Weights(np.ones(P), np.ones(P), np.ones(P), np.ones(P), 0.0, 0.0, None)
+        _, _, rr, rc = _pose_blocks(state, pairs, lay, "pm", d, Wtmp.pm_rot, Wtmp.pm_c)
+        m = pairs.pm_ok
+        e_rot = np.linalg.norm(rr, axis=-1)
+        e_c = np.linalg.norm(rc, axis=-1)
+        sig["pm_rot"] = _robust_sigma(e_rot[pm_w[m] > 0.5] if rnd else e_rot, _ROT_FLOOR)
+        sig["pm_c"] = _robust_sigma(e_c[pm_w[m] > 0.5] if rnd else e_c, _CENTRE_FLOOR)
+        dt = _DepthTerm(pairs, T, np.ones(P), 1.0)
+        dev, wt = dt.deviations(state.logs)
+        multi = (wt > 0).sum(1) >= 2  # (T,n) pixels seen by ≥ 2 windows
+        devs = np.abs(dev)[(wt > 0) & multi[:, None, :]]
+        sig["depth"] = _robust_sigma(devs, _DEPTH_FLOOR)
+        # Per-pair mean |depth deviation|.
+        pair_dev = np.zeros(P)
+        qq = dt.cover
+        ok = qq >= 0
+        wsum = wt.sum(-1)
+        mdev = np.where(wsum > 0, (wt * np.abs(dev)).sum(-1) / np.maximum(wsum, 1e-300), 0.0)
+        pair_dev[qq[ok]] = mdev[ok]
+        e2 = np.zeros(P)
+        e2[m] = (e_rot / sig["pm_rot"]) ** 2 + (e_c / sig["pm_c"]) ** 2
+        e2 += (pair_dev / sig["depth"]) ** 2
+        pm_w = np.where(pairs.pm_ok, 1.0 / (1.0 + e2 / robust_scale**2), 0.0)
+        if rays:
+            _, _, rr2, rc2 = _pose_blocks(state, pairs, lay, "ray", d, Wtmp.ray_rot, Wtmp.ray_c)
+            mr = pairs.ray_ok
+            er, ec = np.linalg.norm(rr2, axis=-1), np.linalg.norm(rc2, axis=-1)
+            sel = ray_w[mr] > 0.5 if rnd else np.ones(mr.sum(), bool)
+            sig["ray_rot"] = _robust_sigma(er[sel], _ROT_FLOOR)
+            sig["ray_c"] = _robust_sigma(ec[sel], _CENTRE_FLOOR)
+            e2r = np.zeros(P)
+            e2r[mr] = (er / sig["ray_rot"]) ** 2 + (ec / sig["ray_c"]) ** 2
+            ray_w = np.where(mr, 1.0 / (1.0 + e2r / robust_scale**2), 0.0)
+        else:
+            ray_w = np.zeros(P)
+        a_pm, a_ray, a_sm = alphas["pointmap"], alphas["rays"], alphas["smooth"]
+        W = Weights(
+            pm_rot=a_pm * pm_w / sig["pm_rot"] ** 2 / 3.0,
+            pm_c=a_pm * pm_w / sig["pm_c"] ** 2 / 3.0,
+            ray_rot=(a_ray * ray_w / sig["ray_rot"] ** 2 / 3.0) if rays else np.zeros(P),
+            ray_c=(a_ray * ray_w / sig["ray_c"] ** 2 / 3.0) if rays else np.zeros(P),
+            smooth_rot=a_sm / smooth_rot**2 / 3.0,
+            smooth_tr=a_sm / smooth_trans**2 / 3.0,
+            depth=_DepthTerm(pairs, T, pm_w, a_pm / sig["depth"] ** 2),
+        )
+        state, li = levenberg_marquardt(state, pairs, lay, d, W, alphas, iterations)
+        info["iterations"] += li["iterations"]
+        info["rounds"].append({"sigma": {k: float(v) for k, v in sig.items()}, **li})
+    info["pm_weight"] = pm_w
+    info["ray_weight"] = ray_w
+    info["scene_depth"] = _scene_depth(state, pairs, T)
+    return state, info

@@ -37,7 +37,7 @@ from geo4d_model.network import (
 from geo4d_model.vae import LatentVAE
 
 __all__ = ["LoadedGeo4D", "load_official", "read_checkpoint", "check_state_dict", "CLIP_PREFIXES",
-           "file_fingerprint", "build_network"]
+           "file_fingerprint", "build_network", "build_random"]
 
 #: Key prefixes of the two open_clip towers inside ``model.ckpt``.
 CLIP_PREFIXES = ("cond_stage_model.", "embedder.")
@@ -209,3 +209,34 @@ def load_official(config: str | os.PathLike | dict | Geo4DConfig, checkpoint: st
         module.to(device).eval()
     return LoadedGeo4D(network=net, pointmap_vae=pm, config=cfg, clip_state_dict=clip, checkpoint=str(checkpoint),
                        fingerprint=file_fingerprint(checkpoint))
+
+
+def build_random(config: str | os.PathLike | dict | Geo4DConfig, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, seed: int = 0,
+                 with_pointmap_vae: bool = True) -> tuple[Geo4DNetwork, LatentVAE | None]:
+    """A random-weight network of a config (tests, benchmarks): built on ``meta`` and materialised once on
+    ``device`` (no default-init pass), weights ~ U(±√(3/fan_in)) (variance 1/fan_in), norm scales 1, biases 0, schedule
+    buffers from the config (float32). Not a trained model: outputs are meaningless but finite."""
+    from geo4d_model.network import schedule_buffers
+
+    cfg = load_config(config)
+    net, pm = build_network(cfg, "meta", with_pointmap_vae)
+    gen = torch.Generator("cpu").manual_seed(seed)
+    for module in (net, pm):
+        if module is None:
+            continue
+        module.to(dtype).to_empty(device=device)  # parameters allocated once, directly in ``dtype``
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if p.ndim >= 2:
+                    bound = (3.0 / p[0].numel()) ** 0.5  # uniform with variance 1/fan_in
+                    p.uniform_(-bound, bound, generator=gen)
+                elif name.endswith("bias"):
+                    p.zero_()
+                else:
+                    p.fill_(1.0)
+        module.eval()
+    with torch.no_grad():
+        for name, value in schedule_buffers(cfg.diffusion).items():
+            getattr(net, name).data = value.to(device)
+    return net, pm

@@ -162,7 +162,7 @@ def fuse(
     t_start = time.perf_counter()
     G, V, H, W, st = _check_layout(windows, starts, n_frames, cfg)
     T = int(n_frames)
-    total_steps = 2 * G + 2
+    total_steps = 2 * G + 3
     step = 0
 
     def tick(msg: str) -> None:
@@ -209,7 +209,7 @@ def fuse(
         if use_rays:
             rd = _read(windows, "ray_dir", g, s0, V)
             rm = _read(windows, "ray_moment", g, s0, V)
-            pc = plucker_cameras(rd, rm, pp_fixed)
+            pc = plucker_cameras(rd, rm, pp_fixed, per_frame_intrinsics=not cfg.shared_focal)
             ray_R[g], ray_c[g] = pc.ref_from_cam_R, pc.centres
             ray_intr[g] = np.stack([pc.focal, pc.cx, pc.cy], -1)
             ray_q[g] = np.stack([pc.rot_rms, pc.centre_rms], -1)
@@ -248,10 +248,12 @@ def fuse(
     rms_pm = np.full(G * V, np.nan)
     logz = np.zeros((G * V, n))
     chunk = 512
+    pnp_iters = 0
     for a in range(0, G * V, chunk):
         b = min(G * V, a + chunk)
         out = pnp(Pq[a:b], uv, wq[a:b], np.full(b - a, focal), cx, cy, estimate_focal=not cfg.shared_focal)
         R_pm[a:b], c_pm[a:b], f_pm[a:b], rms_pm[a:b] = out["R"], out["c"], out["focal"], out["rms"]
+        pnp_iters = max(pnp_iters, out["iterations"])
         z = out["depth"]
         logz[a:b] = np.log(np.where(z > 0, z, 1.0))
         wq[a:b] = np.where(z > 0, wq[a:b], 0.0)
@@ -276,14 +278,17 @@ def fuse(
         ray_ok=(np.isfinite(ray_q.reshape(G * V, 2)).all(-1)) if use_rays else None,
     )
     timings["cameras_s"] = time.perf_counter() - t1
+    timings["pnp_iterations"] = pnp_iters
 
     # ---- 3–4. chaining and global refinement --------------------------------------------------------
     t2 = time.perf_counter()
     state, placed = chain_init(pairs, st, T)
     if not placed.all():
         gaps = np.flatnonzero(~placed)
+        hint = "" if cfg.pointmap_z_offset else " (if the point maps carry a z offset, set pointmap_z_offset)"
         raise PredictionError(
-            f"windows/pointmap: frames {int(gaps[0])}…{int(gaps[-1])} have no window with enough valid points to place their camera"
+            f"windows/pointmap: frames {int(gaps[0])}…{int(gaps[-1])} have no window whose point map fits a "
+            f"pinhole camera in front of it{hint}"
         )
     init_ray_scales(state, pairs)
     timings["chain_s"] = time.perf_counter() - t2
@@ -367,8 +372,11 @@ def fuse(
             cw = np.where(conf[k] > 0, np.minimum(conf[k], cfg.conf_clip), 0.0)
             ok = (cw > 0) & (z > 0)
             ld = np.log(np.where(ok, z, 1.0)) + state.logs[g]
-            wpm = np.where(ok, cfg.alpha_pointmap * pm_w[q] * cw / win_sigma_pm[g] ** 2, 0.0)
-            cands = [(ld.reshape(H, W), wpm.reshape(H, W), (pm_w[q] * cw).reshape(H, W))]
+            # A down-weighted pair still gives depth where nothing else does (weight floor 1e-3):
+            # its camera may disagree with the video, but its depths live in its own camera.
+            wq_pair = max(pm_w[q], 1e-3)
+            wpm = np.where(ok, cfg.alpha_pointmap * wq_pair * cw / win_sigma_pm[g] ** 2, 0.0)
+            cands = [(ld.reshape(H, W), wpm.reshape(H, W), (wq_pair * cw).reshape(H, W))]
             if use_disp and fit.get("enabled"):
                 dk = disp[k]
                 dok = (dk != 0) & (cw > 0)
@@ -377,7 +385,7 @@ def fuse(
                 inv = (dk - fit["b"]) / fit["a"]
                 dok &= inv > 0
                 ldd = -np.log(np.where(dok, inv, 1.0))
-                wd = np.where(dok, cfg.alpha_disparity * pm_w[q] * cw / fit["log_sigma"] ** 2, 0.0)
+                wd = np.where(dok, cfg.alpha_disparity * wq_pair * cw / fit["log_sigma"] ** 2, 0.0)
                 cands.append((ldd.reshape(H, W), wd.reshape(H, W), None))
             acc.add(i, cands)
         tick(f"window {g} (frames {s0}–{s0 + V - 1}): depth")
@@ -442,7 +450,8 @@ def fuse(
         "windows": win_diag,
         "flagged_windows": flagged,
         "flagged_starts": [int(st[g]) for g in flagged],
-        "solver": {"iterations": int(sinfo["iterations"]), "rounds": sinfo["rounds"]},
+        "solver": {"iterations": int(sinfo["iterations"]), "rounds": sinfo["rounds"],
+                   "smooth_scale": sinfo.get("smooth_scale"), "frame0_outlier": bool(sinfo.get("frame0_outlier", False))},
         "timings": timings,
     }
     tick("done")

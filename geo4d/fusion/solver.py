@@ -331,7 +331,6 @@ class _DepthTerm:
         self.H = np.einsum("tcn->tc", wt)[..., None] * np.eye(C)[None] - np.einsum("tan,tbn,tn->tab", wt, wt, Wi)
         wl = wt * l
         self.b = wl.sum(-1) - np.einsum("tcn,tn->tc", wt, (wl.sum(1) * Wi))
-        self.kappa = (wl * l).sum((1, 2)) - ((wl.sum(1)) ** 2 * Wi).sum(-1)
         self.g = np.where(valid, pairs.g[qq], 0)
         self.valid = valid
         self.wt, self.l, self.Wi = wt, l, Wi
@@ -340,8 +339,9 @@ class _DepthTerm:
         return np.where(self.valid, logs[self.g], 0.0)
 
     def cost(self, logs: np.ndarray) -> float:
-        s = self.sigma(logs)
-        return float(0.5 * np.einsum("ta,tab,tb->", s, self.H, s) + (self.b * s).sum() + 0.5 * self.kappa.sum())
+        # From the deviations (not ½σᵀHσ + bᵀσ + ½κ, which cancels catastrophically near the optimum).
+        dev, wt = self.deviations(logs)
+        return float(0.5 * (wt * dev**2).sum())
 
     def deviations(self, logs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per (frame, cover slot, pixel) deviation ``σ + l − L*`` and the weights used."""
@@ -505,6 +505,47 @@ def _scene_depth(state: State, pairs: PairData, n_frames: int) -> np.ndarray:
     return d
 
 
+def _smoothness_scales(state: State, d: np.ndarray, sig_rot: float, sig_c: float, floor_rot: float,
+                       floor_tr: float) -> tuple[float, float]:
+    """Scales of the smoothness prior, estimated from the unsmoothed (chained) trajectory.
+
+    The second differences ``a`` of a noisy trajectory hold the true change of velocity plus the
+    noise (up to ≈ 6 σ̂² in ``median a²`` for independent per-frame errors of robust size σ̂ — the conservative end, so noise is never taken for motion); what the noise
+    does not explain is the motion's own acceleration, which the prior must not flatten. The
+    configured values are lower bounds.
+    """
+    T = len(state.c)
+    if T < 3:
+        return floor_rot, floor_tr
+    i = np.arange(1, T - 1)
+    Da = so3_log(np.einsum("nji,njk->nik", state.R[i - 1], state.R[i]))
+    Db = so3_log(np.einsum("nji,njk->nik", state.R[i], state.R[i + 1]))
+    a_rot = np.linalg.norm(Db - Da, axis=-1)
+    a_tr = np.linalg.norm(state.c[i + 1] - 2 * state.c[i] + state.c[i - 1], axis=-1) / d[i]
+    acc_rot = np.sqrt(max(float(np.median(a_rot**2)) - 6.0 * sig_rot**2, 0.0))
+    acc_tr = np.sqrt(max(float(np.median(a_tr**2)) - 6.0 * sig_c**2, 0.0))
+    return max(acc_rot, floor_rot), max(acc_tr, floor_tr)
+
+
+def _anchor_jump(state: State, sm_rot: float) -> bool:
+    """True when frame 0 breaks the trajectory's continuity (an outlier no other window can out-vote).
+
+    Frame 0 is seen by the first window only, and it is the gauge (fixed at the identity), so an
+    error in the first window's frame-0 camera relative to its other frames shows nowhere in the
+    data — only as a jump of the angular velocity between frames 0–1 and 1–2. It counts as an
+    outlier when that change exceeds 20× both the smoothness scale and the trajectory's median
+    change.
+    """
+    R = state.R
+    T = len(R)
+    i = np.arange(1, T - 1)
+    Da = so3_log(np.einsum("nji,njk->nik", R[i - 1], R[i]))
+    Db = so3_log(np.einsum("nji,njk->nik", R[i], R[i + 1]))
+    a = np.linalg.norm(Db - Da, axis=-1)
+    typical = max(sm_rot, float(np.median(a[1:])) if len(a) > 1 else 0.0)
+    return bool(a[0] > 20.0 * typical)
+
+
 def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth_rot: float, smooth_trans: float,
            robust_scale: float, iterations: int, rounds: int) -> tuple[State, dict]:
     """Robust rounds of: noise levels and pair weights from the residuals, then LM.
@@ -518,7 +559,8 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
     P = pairs.n_pairs
     pm_w = np.ones(P)
     ray_w = np.ones(P)
-    info: dict = {"rounds": [], "iterations": 0}
+    info: dict = {"rounds": [], "iterations": 0, "frame0_outlier": False}
+    anchor_outlier = False
     for rnd in range(rounds):
         d = _scene_depth(state, pairs, T)
         # Residuals at the current state → noise levels → Cauchy pair weights.
@@ -558,19 +600,29 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
             ray_w = np.where(mr, 1.0 / (1.0 + e2r / robust_scale**2), 0.0)
         else:
             ray_w = np.zeros(P)
+        if rnd == 0:
+            sm_rot, sm_tr = _smoothness_scales(state, d, sig["pm_rot"], sig["pm_c"], smooth_rot, smooth_trans)
+            info["smooth_scale"] = {"rot_deg": float(np.degrees(sm_rot)), "trans": float(sm_tr)}
+        if anchor_outlier:
+            pm_w = np.where(pairs.i == 0, 0.0, pm_w)
+            ray_w = np.where(pairs.i == 0, 0.0, ray_w)
         a_pm, a_ray, a_sm = alphas["pointmap"], alphas["rays"], alphas["smooth"]
         W = Weights(
             pm_rot=a_pm * pm_w / sig["pm_rot"] ** 2 / 3.0,
             pm_c=a_pm * pm_w / sig["pm_c"] ** 2 / 3.0,
             ray_rot=(a_ray * ray_w / sig["ray_rot"] ** 2 / 3.0) if rays else np.zeros(P),
             ray_c=(a_ray * ray_w / sig["ray_c"] ** 2 / 3.0) if rays else np.zeros(P),
-            smooth_rot=a_sm / smooth_rot**2 / 3.0,
-            smooth_tr=a_sm / smooth_trans**2 / 3.0,
+            smooth_rot=a_sm / sm_rot**2 / 3.0,
+            smooth_tr=a_sm / sm_tr**2 / 3.0,
             depth=_DepthTerm(pairs, T, pm_w, a_pm / sig["depth"] ** 2),
         )
         state, li = levenberg_marquardt(state, pairs, lay, d, W, alphas, iterations)
         info["iterations"] += li["iterations"]
         info["rounds"].append({"sigma": {k: float(v) for k, v in sig.items()}, **li})
+        if rnd == 0 and a_sm > 0 and rounds > 1 and T >= 4:
+            anchor_outlier = _anchor_jump(state, sm_rot)
+            if anchor_outlier:
+                info["frame0_outlier"] = True
     info["pm_weight"] = pm_w
     info["ray_weight"] = ray_w
     info["scene_depth"] = _scene_depth(state, pairs, T)

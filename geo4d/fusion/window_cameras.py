@@ -190,8 +190,47 @@ class PluckerCameras:
     intr_rms: np.ndarray
 
 
+def _homography_cameras(d: np.ndarray, good: np.ndarray, uv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per frame, ``d ∝ H [u, v, 1]ᵀ`` by DLT (Hartley-normalised pixels), then ``H⁻¹ = K Rᵀ`` by RQ.
+
+    Returns ``(R (V,3,3), K (V,3,3))`` — rotation and intrinsics of every frame on its own.
+    """
+    from scipy.linalg import rq
+
+    V = d.shape[0]
+    mu = uv.mean(0)
+    sc = np.sqrt(2.0) / max(np.sqrt(((uv - mu) ** 2).sum(-1)).mean(), 1e-12)
+    Tn = np.array([[sc, 0, -sc * mu[0]], [0, sc, -sc * mu[1]], [0, 0, 1.0]])
+    p = np.concatenate([(uv - mu) * sc, np.ones((len(uv), 1))], axis=-1)  # (n,3)
+    Rs = np.tile(np.eye(3), (V, 1, 1))
+    Ks = np.tile(np.eye(3), (V, 1, 1))
+    for k in range(V):
+        g = good[k]
+        dx, dy, dz = d[k, g, 0:1], d[k, g, 1:2], d[k, g, 2:3]
+        pk = p[g]
+        z = np.zeros_like(pk)
+        # d × (H p) = 0: rows for h = (h1, h2, h3) (rows of H).
+        A1 = np.concatenate([z, -dz * pk, dy * pk], axis=1)
+        A2 = np.concatenate([dz * pk, z, -dx * pk], axis=1)
+        A = np.concatenate([A1, A2], axis=0)
+        _, vecs = np.linalg.eigh(A.T @ A)
+        Hn = vecs[:, 0].reshape(3, 3)
+        if ((pk @ Hn.T) * d[k, g]).sum() < 0:
+            Hn = -Hn
+        M = np.linalg.inv(Hn @ Tn)  # ∝ K Rᵀ
+        Kr, Qr = rq(M)
+        D = np.diag(np.sign(np.diag(Kr)))
+        K, Rt = Kr @ D, D @ Qr
+        if np.linalg.det(Rt) < 0:
+            K, Rt = -K, -Rt
+        Ks[k] = K / K[2, 2]
+        Rs[k] = Rt.T
+    return Rs, Ks
+
+
 def plucker_cameras(
-    ray_dir: np.ndarray, ray_moment: np.ndarray, pp: tuple[float, float] | None = None
+    ray_dir: np.ndarray, ray_moment: np.ndarray, pp: tuple[float, float] | None = None,
+    per_frame_intrinsics: bool = False,
 ) -> PluckerCameras:
     """Recover a window's cameras from its Plücker maps.
 
@@ -206,6 +245,9 @@ def plucker_cameras(
         ray_dir: (V, H, W, 3) directions (normalised here).
         ray_moment: (V, H, W, 3) moments.
         pp: fixed principal point, or None to estimate it.
+        per_frame_intrinsics: the frames may have different intrinsics (zoom): rotation and
+            intrinsics of each frame come from its own ray homography (``d ∝ R K⁻¹ [u, v, 1]ᵀ``,
+            DLT + RQ decomposition) instead of Procrustes against the first frame.
     """
     check_shape(ray_dir, (None, None, None, 3), "ray_dir")
     check_shape(ray_moment, ray_dir.shape, "ray_moment")
@@ -217,29 +259,39 @@ def plucker_cameras(
     d = np.where(good[..., None], d / np.where(norm > 1e-8, norm, 1.0), 0.0)
     gw = good.astype(np.float64)
 
-    # Rotations by Procrustes against frame 0 (pixel-aligned rays).
+    # Rotations by Procrustes against frame 0 (pixel-aligned rays): M_k = Σ_p d_k d_0ᵀ.
     both = gw * gw[:1]
-    M = np.einsum("vp,vpi,pj->vij", both, d, d[0])
+    M = np.matmul(np.swapaxes(d * both[..., None], 1, 2), d[0][None])
     R = project_to_rotation(M)
     R[0] = np.eye(3)
-    d0r = np.einsum("vij,pj->vpi", R, d[0])
+    if per_frame_intrinsics:
+        from geo4d.cameras import pixel_grid as _grid
+
+        R, _ = _homography_cameras(d, good, _grid(H, W).reshape(-1, 2))
+        # The first camera is the window's reference: express the others relative to it.
+        R = np.matmul(np.swapaxes(R[0], -1, -2)[None], R)
+        R[0] = np.eye(3)
+    d0r = np.matmul(d[0][None], np.swapaxes(R, 1, 2))  # rows: R_k d_0
     cosang = np.clip((d * d0r).sum(-1), -1.0, 1.0)
     rot_rms = np.sqrt((both * np.arccos(cosang) ** 2).sum(1) / np.maximum(both.sum(1), 1.0))
 
-    # Centres from the moments.
+    # Centres from the moments: (Σ I − d dᵀ) c = Σ d × m.
     n = gw.sum(1)
-    A = n[:, None, None] * np.eye(3) - np.einsum("vp,vpi,vpj->vij", gw, d, d)
-    b = np.einsum("vp,vpi->vi", gw, np.cross(d, m))
+    A = n[:, None, None] * np.eye(3) - np.matmul(np.swapaxes(d * gw[..., None], 1, 2), d)
+    dxm = np.cross(d, m)
+    b = (gw[..., None] * dxm).sum(1)
     c = np.linalg.solve(A + 1e-12 * np.eye(3), b[..., None])[..., 0]
-    res = np.cross(c[:, None, :], d) - m
+    # |c × d − m|² = |c|² − (c·d)² − 2 c·(d × m) + |m|² for unit d (m ⟂ d).
+    cd = np.matmul(d, c[:, :, None])[..., 0]
+    res2 = (c * c).sum(-1)[:, None] - cd**2 - 2 * np.matmul(dxm, c[:, :, None])[..., 0] + (m * m).sum(-1)
     mnorm = np.sqrt((gw * (m**2).sum(-1)).sum(1) / np.maximum(n, 1.0))
-    centre_rms = np.sqrt((gw * (res**2).sum(-1)).sum(1) / np.maximum(n, 1.0)) / np.maximum(mnorm, 1e-12)
+    centre_rms = np.sqrt(np.maximum((gw * res2).sum(1), 0.0) / np.maximum(n, 1.0)) / np.maximum(mnorm, 1e-12)
 
     # Intrinsics from de-rotated directions.
     from geo4d.cameras import pixel_grid
 
     uv = pixel_grid(H, W).reshape(-1, 2)
-    dc = np.einsum("vji,vpj->vpi", R, d)  # R_kᵀ d_k
+    dc = np.matmul(d, R)  # rows: R_kᵀ d_k
     focal, cx, cy, intr = (np.full(V, np.nan) for _ in range(4))
     for k in range(V):
         z = dc[k, :, 2]
@@ -258,7 +310,7 @@ def pnp(
     cy: float,
     *,
     estimate_focal: bool = False,
-    iterations: int = 10,
+    iterations: int = 20,
 ) -> dict[str, np.ndarray]:
     """Poses of B cameras from pixel-aligned 3-D points (batched PnP).
 
@@ -277,7 +329,8 @@ def pnp(
 
     Returns:
         dict with ``R`` (B,3,3), ``c`` (B,3), ``focal`` (B,), ``rms`` (B,) RMS reprojection error in
-        pixels (nan where a camera could not be solved), ``depth`` (B, n) camera-frame z of the points.
+        pixels (nan where a camera could not be solved), ``depth`` (B, n) camera-frame z of the points,
+        ``iterations`` (LM iterations run).
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -335,22 +388,29 @@ def pnp(
     # --- Levenberg-Marquardt ------------------------------------------------------------------
     npar = 7 if estimate_focal else 6
     damp = np.full(B, 1e-4)
+    u_n, v_n = uv[None, :, 0] - cx, uv[None, :, 1] - cy
 
     def evaluate(R, c, f):
-        Z = np.einsum("bji,bnj->bni", R, P - c[:, None, :])  # Rᵀ (P − c)
+        Z = np.matmul(P - c[:, None, :], R)  # rows: Rᵀ (P − c)
         zz = Z[..., 2]
-        front = zz > 1e-9 * np.maximum(np.abs(Z).max(-1), 1e-300)
+        front = zz > 1e-12
         zs = np.where(front, zz, 1.0)
-        xh = (uv[None, :, 0] - cx) / f[:, None]
-        yh = (uv[None, :, 1] - cy) / f[:, None]
+        xh = u_n / f[:, None]
+        yh = v_n / f[:, None]
         r = np.stack([Z[..., 0] / zs - xh, Z[..., 1] / zs - yh], axis=-1)  # (B,n,2) normalised units
         return Z, zs, front, r, xh, yh
 
     def cost(r, front, wr):
-        return np.einsum("bn,bn->b", wr, np.where(front, (r**2).sum(-1), 0.0))
+        return (wr * np.where(front, (r**2).sum(-1), 0.0)).sum(-1)
 
     Z, zs, front, r, xh, yh = evaluate(R, c, f)
+    e0 = np.sqrt(np.where(front, (r**2).sum(-1), 0.0))
+    active = ok & (np.sqrt((w * e0**2).sum(-1) / ws) * f >= 1e-4)
+    n_iter = 0
     for _ in range(iterations):
+        if not active.any():
+            break
+        n_iter += 1
         e = np.sqrt((r**2).sum(-1))
         # Huber weights at 2.5× the weighted median residual (no effect on exact data).
         with np.errstate(all="ignore"):
@@ -359,22 +419,35 @@ def pnp(
         k = 2.5 * np.maximum(med, 1e-12)[:, None]
         hub = np.where(e <= k, 1.0, k / np.maximum(e, 1e-300))
         wr = w * hub * front
-        J = np.zeros((B, n, 2, npar))
         inv = 1.0 / zs
-        dr_dZ = np.zeros((B, n, 2, 3))
-        dr_dZ[..., 0, 0] = inv
-        dr_dZ[..., 0, 2] = -Z[..., 0] * inv**2
-        dr_dZ[..., 1, 1] = inv
-        dr_dZ[..., 1, 2] = -Z[..., 1] * inv**2
-        J[..., 0:3] = dr_dZ @ skew(Z)
-        J[..., 3:6] = -np.einsum("bnkj,bij->bnki", dr_dZ, R)  # dZ/dc = −Rᵀ ⇒ (dr/dZ)(−Rᵀ)
+        # dr/dZ = [[1/z, 0, −x/z], [0, 1/z, −y/z]] (x, y = Z_x/z, Z_y/z); dZ/dω = [Z]×, dZ/dc = −Rᵀ.
+        xz, yz = Z[..., 0] * inv, Z[..., 1] * inv
+        dZ = np.zeros((B, n, 2, 3))
+        dZ[..., 0, 0] = inv
+        dZ[..., 0, 2] = -xz * inv
+        dZ[..., 1, 1] = inv
+        dZ[..., 1, 2] = -yz * inv
+        J = np.zeros((B, n, 2, npar))
+        # (dr/dZ)[Z]×, written out: [Z]× rows are (0,−Z2,Z1), (Z2,0,−Z0), (−Z1,Z0,0).
+        Z0, Z1, Z2 = Z[..., 0], Z[..., 1], Z[..., 2]
+        J[..., 0, 0] = xz * inv * Z1
+        J[..., 0, 1] = -inv * Z2 - xz * inv * Z0
+        J[..., 0, 2] = inv * Z1
+        J[..., 1, 0] = inv * Z2 + yz * inv * Z1
+        J[..., 1, 1] = -yz * inv * Z0
+        J[..., 1, 2] = -inv * Z0
+        J[..., 3:6] = -np.matmul(dZ, np.swapaxes(R, -1, -2)[:, None])
         if estimate_focal:
             J[..., 0, 6] = xh
             J[..., 1, 6] = yh
-        JtJ = np.einsum("bn,bnki,bnkj->bij", wr, J, J)
-        Jtr = np.einsum("bn,bnki,bnk->bi", wr, J, r)
+        Jf = J.reshape(B, 2 * n, npar)
+        wf = np.repeat(wr, 2, axis=1)
+        JtJ = np.matmul(np.swapaxes(Jf * wf[..., None], 1, 2), Jf)
+        Jtr = np.matmul(np.swapaxes(Jf * wf[..., None], 1, 2), r.reshape(B, 2 * n, 1))[..., 0]
         c0 = cost(r, front, wr)
-        pending = ok.copy()
+        pending = active.copy()
+        moved = np.zeros(B)
+        gain = np.zeros(B)
         for _attempt in range(6):
             A = JtJ + damp[:, None, None] * (np.eye(npar) * np.maximum(np.einsum("bii->bi", JtJ), 1e-12)[:, None, :])
             A[~pending] = np.eye(npar)
@@ -389,12 +462,19 @@ def pnp(
             R = np.where(better[:, None, None], Rn, R)
             c = np.where(better[:, None], cn, c)
             f = np.where(better, fn, f)
+            moved = np.where(better, np.abs(delta).max(-1), moved)
+            gain = np.where(better, c0 - c1, gain)
             damp = np.where(better, np.maximum(damp * 0.3, 1e-9), np.where(pending, damp * 10.0, damp))
             pending &= ~better
             if not pending.any():
                 break
+        # Converged cameras (tiny step, or no progress possible) stop iterating.
+        # Converged: tiny step, negligible gain, or already at float32 precision (1e-4 px RMS).
+        tiny = np.sqrt(c0 / np.maximum(wr.sum(-1), 1e-300)) * f < 1e-4
+        stuck = pending & (damp > 1e8)
+        active &= ~stuck & ~tiny & (pending | ((moved > 1e-12) & (gain > 1e-10 * c0)))
         Z, zs, front, r, xh, yh = evaluate(R, c, f)
     e2 = np.where(front, (r**2).sum(-1), 0.0)
-    rms = np.sqrt(np.einsum("bn,bn->b", w, e2) / ws) * f
+    rms = np.sqrt((w * e2).sum(-1) / ws) * f
     rms = np.where(ok, rms, np.nan)
-    return {"R": R, "c": c, "focal": f, "rms": rms, "depth": Z[..., 2]}
+    return {"R": R, "c": c, "focal": f, "rms": rms, "depth": Z[..., 2], "iterations": n_iter}

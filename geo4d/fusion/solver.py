@@ -453,7 +453,11 @@ def levenberg_marquardt(state: State, pairs: PairData, lay: _Layout, d: np.ndarr
         improved = False
         for _ in range(8):
             try:
-                delta = -spsolve((H + reg).tocsc(), g)
+                # Symmetric Jacobi scaling: the weights span many orders of magnitude.
+                A = (H + reg).tocsc()
+                dsc = 1.0 / np.sqrt(np.maximum(A.diagonal(), 1e-300))
+                Dm = sp.diags(dsc)
+                delta = -dsc * spsolve((Dm @ A @ Dm).tocsc(), dsc * g)
             except Exception:  # pragma: no cover - singular even with damping
                 delta = np.full(lay.n, np.nan)
             if not np.all(np.isfinite(delta)):
@@ -471,7 +475,7 @@ def levenberg_marquardt(state: State, pairs: PairData, lay: _Layout, d: np.ndarr
                 break
             lam *= 10.0
             reg = sp.diags(lam * np.maximum(diag, 1e-12 * max(diag.max(), 1e-300)) + 1e-12)
-        if not improved or rel < 1e-12 or float(np.abs(delta).max()) < 1e-12:
+        if not improved or rel < 1e-5 or float(np.abs(delta).max()) < 1e-12:
             break
     return state, {"iterations": it, "cost_initial": cost0, "cost_final": cost}
 
@@ -495,13 +499,12 @@ def _scene_depth(state: State, pairs: PairData, n_frames: int) -> np.ndarray:
     m = pairs.pm_ok
     np.add.at(Ls, pairs.i[m], pairs.wz[m] * (pairs.logz[m] + state.logs[pairs.g[m]][:, None]))
     np.add.at(Lw, pairs.i[m], pairs.wz[m])
+    seen = (Lw > 0).any(1)
     d = np.ones(T)
-    for i in range(T):
-        ok = Lw[i] > 0
-        if ok.any():
-            d[i] = float(np.exp(np.median(Ls[i, ok] / Lw[i, ok])))
-    fallback = np.median(d[Lw.sum(1) > 0]) if (Lw.sum(1) > 0).any() else 1.0
-    d[Lw.sum(1) <= 0] = fallback
+    if seen.any():
+        L = np.where(Lw > 0, Ls / np.where(Lw > 0, Lw, 1.0), np.nan)
+        d[seen] = np.exp(np.nanmedian(L[seen], axis=1))
+        d[~seen] = np.median(d[seen])
     return d
 
 

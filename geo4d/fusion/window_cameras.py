@@ -39,7 +39,7 @@ __all__ = [
 
 def sample_pixels(height: int, width: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     """A regular grid of about ``n`` pixels: flat indices (m,) into ``H·W`` and their ``(u, v)`` (m, 2)."""
-    step = max(1, int(np.floor(np.sqrt(height * width / float(n)))))
+    step = max(1, int(round(np.sqrt(height * width / float(n)))))
     v0 = (height - 1 - step * ((height - 1) // step)) // 2
     u0 = (width - 1 - step * ((width - 1) // step)) // 2
     vs = np.arange(v0, height, step)

@@ -277,6 +277,29 @@ def test_kitti_prepared_layout(tmp_path):
         load_sequence("kitti", tmp_path, "2011_09_26_drive_0002_sync")
 
 
+def test_kitti_raw_layout_takes_first_110_annotated_maps(tmp_path):
+    from geo4d.datasets.formats import write_depth_png as wd
+
+    rng = np.random.default_rng(12)
+    drive = "2011_09_26_drive_0002_sync"
+    gdir = tmp_path / "val" / drive / "proj_depth" / "groundtruth" / "image_02"
+    idir = tmp_path / "2011_09_26" / drive / "image_02" / "data"
+    for i in range(5, 5 + 112):
+        wd(gdir / f"{i:010d}.png", np.full((2, 3), 1.0 + i / 256.0), KITTI_DEPTH_SCALE)
+    for i in range(0, 5 + 112):
+        write_image(idir / f"{i:010d}.png", rng.integers(0, 256, (2, 3, 3), dtype=np.uint8))
+    assert list_sequences("kitti", tmp_path) == [drive]
+    seq = load_sequence("kitti", tmp_path, drive)
+    assert seq.n_frames == 110
+    assert [p.name for p in seq.frame_paths] == [f"{i:010d}.png" for i in range(5, 115)]
+    assert all(p.parent == idir for p in seq.frame_paths)
+    d, _ = seq.read_depth()
+    assert d[0, 0, 0] == np.float32(1.0 + 5 / 256.0)
+    (idir / "0000000007.png").unlink()
+    with pytest.raises(InputError, match=r"raw image 2011_09_26/.*/0000000007\.png not found"):
+        load_sequence("kitti", tmp_path, drive)
+
+
 def test_unknown_dataset_and_missing_root(tmp_path):
     with pytest.raises(InputError, match="unknown 'nyu'"):
         list_sequences("nyu", tmp_path)

@@ -240,6 +240,7 @@ def render_benchmarks_page(ours: Mapping[str, Mapping[str, Mapping[str, Any]]],
         "run, default `STORE.results/`). Rerun that command after a benchmark run to refresh this page.",
         "Protocols and their exact settings: [evaluation.md](evaluation.md). Paper rows are copied from",
         "the Geo4D paper (ICCV 2025); rows in bold come from result tables of this pipeline.",
+        "δ<1.25 is in percent, RPE-R in degrees; — marks a number not available.",
         "",
     ]
     if any("synthetic" in str(label).lower() for label in ours):

@@ -104,8 +104,18 @@ def test_evaluate_records_a_broken_sequence_and_goes_on(sintel_root, tmp_path, c
     assert meta["failed"] == ["bamboo_1"]
 
 
-def test_evaluate_bad_inputs(tmp_path, capsys):
+def test_evaluate_bad_inputs(sintel_root, tmp_path, capsys):
     assert cli(["evaluate", "--dataset", "sintel", "--root", str(tmp_path / "nope"), "--store", str(tmp_path / "s")]) == 2
     assert "no such directory" in capsys.readouterr().err
     assert cli(["evaluate", "--dataset", "bonn", "--root", str(tmp_path), "--store", str(tmp_path / "s")]) == 2
     assert "no rgbd_bonn_" in capsys.readouterr().err
+    assert cli(["evaluate", "--dataset", "sintel", "--root", str(sintel_root), "--store", str(tmp_path / "s"),
+                "--ground-truth", str(tmp_path)]) == 2
+    assert "--ground-truth: not used by geo4d evaluate" in capsys.readouterr().err
+    assert cli(["evaluate", "--dataset", "sintel", "--root", str(sintel_root), "--store", str(tmp_path / "s"),
+                "--sequences", "alley_2,nope"]) == 2
+    assert "--sequences: nope not found" in capsys.readouterr().err
+    assert cli(["evaluate", "--dataset", "sintel", "--root", str(sintel_root), "--store", str(tmp_path / "s"),
+                "--input-size", "big"]) == 2
+    assert "expected WxH" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing written on bad input

@@ -258,6 +258,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             assert len(size) == 2 and min(size) > 0
         except (ValueError, AssertionError):
             raise InputError(f"--input-size {args.input_size!r}: expected WxH, e.g. 576x256") from None
+    if args.ground_truth:
+        raise InputError("--ground-truth: not used by geo4d evaluate (each sequence's own ground truth is read from --root)")
     spec = predictor_spec(args)
     if args.label:
         spec["label"] = args.label

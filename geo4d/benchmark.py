@@ -105,7 +105,8 @@ def benchmark_evaluate_stage(store: Store, video_id: str, seq: BenchmarkSequence
     proto = depth_protocol if depth_protocol is not None else DEPTH_PROTOCOLS.get(seq.dataset)
     params = {"benchmark": seq.dataset, "sequence": seq.name, "source": str(seq.source),
               "depth_protocol": proto.parameters() if (proto and seq.depth_eval) else None,
-              "pose_protocol": POSE_PROTOCOL if seq.pose_eval else None, "upstream": rec.get("fingerprint")}
+              "pose_protocol": POSE_PROTOCOL if seq.pose_eval else None, "upstream": rec.get("fingerprint"),
+              "gt_mtimes": [Path(p).stat().st_mtime_ns for p in (seq.depth_paths or [])]}
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "evaluate", fp):
         old = store.stage_record(video_id, "evaluate") or {}

@@ -268,6 +268,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     Store(args.store, mode="a")  # fail fast on a store of another layout
     if spec["kind"] == "synthetic":
         print(SYNTHETIC_NOTICE)
+    if args.depth_align == "official" and args.dataset != "tum":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("note: the official depth-alignment loop (up to 5000 Adam steps per sequence) runs on the CPU "
+                  "here, which is slow on full-resolution sequences; --depth-align exact takes seconds "
+                  "(docs/evaluation.md compares the two)")
     _prefect_env()
     from flows.evaluate import evaluate_benchmark
 

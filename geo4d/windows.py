@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from geo4d.errors import InputError
+
 WINDOW_SIZE = 16
 WINDOW_STRIDE = 4
 
 __all__ = ["WINDOW_SIZE", "WINDOW_STRIDE", "window_starts", "VideoTooShortError"]
 
 
-class VideoTooShortError(ValueError):
+class VideoTooShortError(InputError, ValueError):
     """The video has fewer frames than one window."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 
 from geo4d.errors import Geo4DError
 
@@ -31,8 +32,12 @@ def retry_transient(task, task_run, state) -> bool:  # Prefect's retry_condition
 def progress_logger(logger, every: int = 1):
     """A ``progress(done, total, message)`` callable that logs through a Prefect run logger."""
 
+    console = os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1"  # set by the `geo4d` CLI
+
     def progress(done: int, total: int, message: str = "") -> None:
         if total and (done % every == 0 or done == total):
             logger.info("%s/%s %s", done, total, message)
+            if console:
+                print(f"  {done}/{total} {message}", flush=True)
 
     return progress

@@ -16,8 +16,14 @@ SYNTHETIC_NOTICE = (
 
 
 def _prefect_env() -> None:
-    # Quiet, local Prefect for command-line runs; a user's PREFECT_API_URL (a real server) is respected.
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    """Local Prefect for command-line runs; a user's PREFECT_API_URL (a real server) is respected.
+
+    Prefect's console logger is kept for critical messages only: a failing stage's traceback would
+    bury the one-line error the CLI prints (runs are still fully recorded by the Prefect API).
+    Progress is printed by the stages themselves (GEO4D_CONSOLE_PROGRESS).
+    """
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("GEO4D_CONSOLE_PROGRESS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
 

@@ -36,7 +36,11 @@ def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 25
 
     print("[2/4] reconstructing with Prefect (embedded, no server): decode → windows → fuse → evaluate")
     print(f"      predictor: SYNTHETIC test instrument (ground truth + unknown gauges + noise {DEMO_NOISE})")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    if "PREFECT_API_URL" not in os.environ:
+        # Embedded mode with the demo's own database: no server, no contention with other runs.
+        os.environ.setdefault("PREFECT_HOME", str((workdir / ".prefect").resolve()))
+    os.environ.setdefault("GEO4D_CONSOLE_PROGRESS", "1")
     from flows.reconstruct import reconstruct_video
 
     store_path = workdir / "store.zarr"
@@ -44,7 +48,8 @@ def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 25
     vid = result["video_id"]
     for stage in ("decode", "windows", "fuse", "evaluate"):
         r = result[stage]
-        print(f"      {stage:<9} {'skipped (complete)' if r['skipped'] else f'{r['seconds']:.2f} s'}")
+        state = "skipped (complete)" if r["skipped"] else f"{r['seconds']:.2f} s"
+        print(f"      {stage:<9} {state}")
 
     print("[3/4] metrics against ground truth")
     metrics = result["evaluate"]["details"]["metrics"]

@@ -37,6 +37,8 @@ def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 25
     print("[2/4] reconstructing with Prefect (embedded, no server): decode → windows → fuse → evaluate")
     print(f"      predictor: SYNTHETIC test instrument (ground truth + unknown gauges + noise {DEMO_NOISE})")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its telemetry write raced the server's
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     if "PREFECT_API_URL" not in os.environ:
         # Embedded mode with the demo's own database: no server, no contention with other runs.
         os.environ.setdefault("PREFECT_HOME", str((workdir / ".prefect").resolve()))

@@ -41,3 +41,34 @@ def progress_logger(logger, every: int = 1):
                 print(f"  {done}/{total} {message}", flush=True)
 
     return progress
+
+
+def _task_options() -> dict:
+    from prefect.cache_policies import NO_CACHE
+
+    # Stage records in the store are the resume mechanism (docs/orchestration.md), not Prefect's cache.
+    return dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+
+
+#: Options shared by every stage task: transient faults retry with backoff, no Prefect caching.
+STAGE_TASK_OPTIONS = _task_options()
+
+
+def open_store(location: str, storage_options: dict | None = None):
+    from storage.store import Store
+
+    return Store(location, mode="a", storage_options=storage_options)
+
+
+def report_stage(result) -> dict:
+    """Log a :class:`geo4d.stages.StageResult` through the run logger and return it as a dict."""
+    from dataclasses import asdict
+
+    from prefect import get_run_logger
+
+    logger = get_run_logger()
+    if result.skipped:
+        logger.info("%s: %s already complete, skipped", result.video_id, result.stage)
+    else:
+        logger.info("%s: %s done in %.2f s", result.video_id, result.stage, result.seconds)
+    return asdict(result)

@@ -10,19 +10,19 @@ from prefect.runtime import flow_run
 
 from geo4d import benchmark
 from geo4d.datasets import load_sequence
-from tasks.reconstruct import _TASK, _report, _store
+from tasks.common import STAGE_TASK_OPTIONS, open_store, report_stage
 
 
-@task(name="benchmark-ingest", **_TASK)
+@task(name="benchmark-ingest", **STAGE_TASK_OPTIONS)
 def ingest_task(dataset: str, root: str, sequence: str, store: str, size: list[int] | None = None,
                 storage_options: dict | None = None) -> dict:
     seq = load_sequence(dataset, root, sequence)
-    res = benchmark.ingest_stage(_store(store, storage_options), seq, size=tuple(size) if size else None,
+    res = benchmark.ingest_stage(open_store(store, storage_options), seq, size=tuple(size) if size else None,
                                  run_id=str(flow_run.id))
-    return _report(res)
+    return report_stage(res)
 
 
-@task(name="benchmark-ground-truth", **_TASK)
+@task(name="benchmark-ground-truth", **STAGE_TASK_OPTIONS)
 def synthetic_ground_truth_task(dataset: str, root: str, sequence: str, directory: str,
                                 size: list[int] | None = None) -> str:
     """Ground truth at the input size for the synthetic predictor (a test instrument)."""
@@ -32,14 +32,14 @@ def synthetic_ground_truth_task(dataset: str, root: str, sequence: str, director
     return str(path)
 
 
-@task(name="benchmark-evaluate", **_TASK)
+@task(name="benchmark-evaluate", **STAGE_TASK_OPTIONS)
 def benchmark_evaluate_task(store: str, video_id: str, dataset: str, root: str, sequence: str,
                             depth_align: str | None = None, storage_options: dict | None = None) -> dict:
     seq = load_sequence(dataset, root, sequence)
-    res = benchmark.benchmark_evaluate_stage(_store(store, storage_options), video_id, seq,
+    res = benchmark.benchmark_evaluate_stage(open_store(store, storage_options), video_id, seq,
                                              depth_protocol=benchmark.depth_protocol_for(dataset, depth_align),
                                              run_id=str(flow_run.id))
-    return _report(res)
+    return report_stage(res)
 
 
 @task(name="benchmark-results", retries=2, retry_delay_seconds=[2, 10])

@@ -240,7 +240,7 @@ def fuse(
     pg = np.repeat(np.arange(G), V)
     pk = np.tile(np.arange(V), G)
     pi = st[pg] + pk
-    Pq = P_s.reshape(G * V, n, 3).astype(np.float64)
+    Pq = P_s.reshape(G * V, n, 3)  # float32; converted per chunk
     wq = w_s.reshape(G * V, n).astype(np.float64)
     R_pm = np.zeros((G * V, 3, 3))
     c_pm = np.zeros((G * V, 3))
@@ -251,7 +251,8 @@ def fuse(
     pnp_iters = 0
     for a in range(0, G * V, chunk):
         b = min(G * V, a + chunk)
-        out = pnp(Pq[a:b], uv, wq[a:b], np.full(b - a, focal), cx, cy, estimate_focal=not cfg.shared_focal)
+        out = pnp(Pq[a:b].astype(np.float64), uv, wq[a:b], np.full(b - a, focal), cx, cy,
+                  estimate_focal=not cfg.shared_focal)
         R_pm[a:b], c_pm[a:b], f_pm[a:b], rms_pm[a:b] = out["R"], out["c"], out["focal"], out["rms"]
         pnp_iters = max(pnp_iters, out["iterations"])
         z = out["depth"]

@@ -245,7 +245,7 @@ class _Layout:
         return cols
 
 
-def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, d: np.ndarray,
+def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, sd: _SceneDepth,
                  w_rot: np.ndarray, w_c: np.ndarray) -> tuple[_Block, _Block, np.ndarray, np.ndarray]:
     if modality == "pm":
         m = pairs.pm_ok
@@ -264,6 +264,7 @@ def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, d: 
     ])
     k = np.exp(logk[pg])
     Bv = k[:, None] * np.einsum("nij,nj->ni", Qg, cm)
+    d = sd.value(state.logs)
     di = d[pi][:, None]
     r_c = (ci - Bv - tg) / di
     eye = np.broadcast_to(np.eye(3), (len(pi), 3, 3))
@@ -272,11 +273,12 @@ def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, d: 
         (lay.win_cols(pg, [0, 1, 2]), skew(Bv) / di[..., None]),
         (lay.win_cols(pg, [3, 4, 5]), -eye / di[..., None]),
         (lay.win_cols(pg, [koff]), (-Bv / di)[..., None]),
+        sd.jac_terms(lay, pi, r_c),
     ])
     return rot, cen, r_rot, r_c
 
 
-def _smooth_blocks(state: State, lay: _Layout, d: np.ndarray, w_rot: float, w_tr: float) -> list[_Block]:
+def _smooth_blocks(state: State, lay: _Layout, sd: _SceneDepth, w_rot: float, w_tr: float) -> list[_Block]:
     T = lay.T
     if T < 3:
         return []
@@ -289,13 +291,14 @@ def _smooth_blocks(state: State, lay: _Layout, d: np.ndarray, w_rot: float, w_tr
         (lay.pose_cols(i, 0), -inv_left_jacobian(Db) - inv_right_jacobian(Da)),
         (lay.pose_cols(i - 1, 0), inv_left_jacobian(Da)),
     ])
-    di = d[i][:, None]
+    di = sd.value(state.logs)[i][:, None]
     rt = (state.c[i + 1] - 2 * state.c[i] + state.c[i - 1]) / di
     eye = np.broadcast_to(np.eye(3), (len(i), 3, 3)) / di[..., None]
     tr = _Block(rt, np.full(len(i), w_tr), [
         (lay.pose_cols(i + 1, 1), eye),
         (lay.pose_cols(i, 1), -2 * eye),
         (lay.pose_cols(i - 1, 1), eye),
+        sd.jac_terms(lay, i, rt),
     ])
     return [rot, tr]
 
@@ -418,7 +421,7 @@ class Weights:
     depth: _DepthTerm | None
 
 
-def _blocks(state: State, pairs: PairData, lay: _Layout, d: np.ndarray, W: Weights, alphas: dict) -> list[_Block]:
+def _blocks(state: State, pairs: PairData, lay: _Layout, d: _SceneDepth, W: Weights, alphas: dict) -> list[_Block]:
     out: list[_Block] = []
     if alphas["pointmap"] > 0:
         rot, cen, _, _ = _pose_blocks(state, pairs, lay, "pm", d, W.pm_rot, W.pm_c)
@@ -438,7 +441,7 @@ def _cost(blocks: list[_Block], depth: _DepthTerm | None, logs: np.ndarray) -> f
     return c
 
 
-def levenberg_marquardt(state: State, pairs: PairData, lay: _Layout, d: np.ndarray, W: Weights, alphas: dict,
+def levenberg_marquardt(state: State, pairs: PairData, lay: _Layout, d: _SceneDepth, W: Weights, alphas: dict,
                         iterations: int) -> tuple[State, dict]:
     """Minimise the weighted cost over poses and window similarities; returns (state, info)."""
     blocks = _blocks(state, pairs, lay, d, W, alphas)
@@ -490,22 +493,45 @@ def _robust_sigma(x: np.ndarray, floor: float) -> float:
     return max(1.4826 * float(np.median(np.abs(x))), floor)
 
 
-def _scene_depth(state: State, pairs: PairData, n_frames: int) -> np.ndarray:
-    """Median fused depth per frame (world units) from the sampled pixels."""
-    T = n_frames
-    n = pairs.logz.shape[1]
-    Ls = np.zeros((T, n))
-    Lw = np.zeros((T, n))
-    m = pairs.pm_ok
-    np.add.at(Ls, pairs.i[m], pairs.wz[m] * (pairs.logz[m] + state.logs[pairs.g[m]][:, None]))
-    np.add.at(Lw, pairs.i[m], pairs.wz[m])
-    seen = (Lw > 0).any(1)
-    d = np.ones(T)
-    if seen.any():
-        L = np.where(Lw > 0, Ls / np.where(Lw > 0, Lw, 1.0), np.nan)
-        d[seen] = np.exp(np.nanmedian(L[seen], axis=1))
-        d[~seen] = np.median(d[seen])
-    return d
+class _SceneDepth:
+    """``d_i``, the typical depth of frame ``i`` in world units, as a function of the window scales.
+
+    ``log d_i = Σ_c ω_ic (log s_g(ic) + m_ic)`` with ``m`` the median log depth of pair ``ic`` in its
+    window's units and ``ω`` the pairs' weights normalised per frame. Translations divided by ``d_i``
+    are then scale-free: shrinking a stretch of the video (its windows' scales with its cameras) does
+    not change them, so no term can lower its cost by drifting the scale.
+    """
+
+    def __init__(self, pairs: PairData, n_frames: int, pair_w: np.ndarray):
+        T = n_frames
+        q_ok = np.flatnonzero(pairs.pm_ok)
+        counts = np.bincount(pairs.i[q_ok], minlength=T)
+        C = max(1, int(counts.max()) if len(q_ok) else 1)
+        cover = np.full((T, C), -1)
+        fill = np.zeros(T, int)
+        for q in q_ok:
+            i = pairs.i[q]
+            cover[i, fill[i]] = q
+            fill[i] += 1
+        valid = cover >= 0
+        qq = np.where(valid, cover, 0)
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(np.where(pairs.wz > 0, pairs.logz, np.nan), axis=1)
+        med = np.where(np.isfinite(med), med, 0.0)
+        self.m = np.where(valid, med[qq], 0.0)
+        w = np.where(valid, pair_w[qq], 0.0)
+        w = np.where(w.sum(1, keepdims=True) > 1e-6, w, valid.astype(float))  # all down-weighted: plain mean
+        self.w = w / np.maximum(w.sum(1, keepdims=True), 1e-300)
+        self.g = np.where(valid, pairs.g[qq], 0)
+        self.valid = valid
+
+    def value(self, logs: np.ndarray) -> np.ndarray:
+        return np.exp((self.w * (logs[self.g] + self.m)).sum(1))
+
+    def jac_terms(self, lay: _Layout, i: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Columns and Jacobian (B, m, C) of residuals ``r = v / d_i`` (B, m) w.r.t. the log scales."""
+        cols = np.where(self.valid[i] & (self.g[i] != 0), lay.win[self.g[i]] + 6, -1)
+        return cols, -r[:, :, None] * self.w[i][:, None, :]
 
 
 def _smoothness_scales(state: State, d: np.ndarray, sig_rot: float, sig_c: float, floor_rot: float,
@@ -565,7 +591,7 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
     info: dict = {"rounds": [], "iterations": 0, "frame0_outlier": False}
     anchor_outlier = False
     for rnd in range(rounds):
-        d = _scene_depth(state, pairs, T)
+        d = _SceneDepth(pairs, T, pm_w)
         # Residuals at the current state → noise levels → Cauchy pair weights.
         sig = {}
         Wtmp = Weights(np.ones(P), np.ones(P), np.ones(P), np.ones(P), 0.0, 0.0, None)
@@ -575,18 +601,21 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
         e_c = np.linalg.norm(rc, axis=-1)
         sig["pm_rot"] = _robust_sigma(e_rot[pm_w[m] > 0.5] if rnd else e_rot, _ROT_FLOOR)
         sig["pm_c"] = _robust_sigma(e_c[pm_w[m] > 0.5] if rnd else e_c, _CENTRE_FLOOR)
+        # Depth: each pair's (signed) mean log-depth deviation from the fused depth — what the window
+        # scales can change; its spread over pairs is the noise level of the depth term.
         dt = _DepthTerm(pairs, T, np.ones(P), 1.0)
         dev, wt = dt.deviations(state.logs)
-        multi = (wt > 0).sum(1) >= 2  # (T,n) pixels seen by ≥ 2 windows
-        devs = np.abs(dev)[(wt > 0) & multi[:, None, :]]
-        sig["depth"] = _robust_sigma(devs, _DEPTH_FLOOR)
-        # Per-pair mean |depth deviation|.
-        pair_dev = np.zeros(P)
         qq = dt.cover
         ok = qq >= 0
+        multi = ((wt > 0).any(-1)).sum(1) >= 2  # frames seen by ≥ 2 windows
         wsum = wt.sum(-1)
-        mdev = np.where(wsum > 0, (wt * np.abs(dev)).sum(-1) / np.maximum(wsum, 1e-300), 0.0)
+        mdev = np.where(wsum > 0, (wt * dev).sum(-1) / np.maximum(wsum, 1e-300), 0.0)
+        pair_dev = np.zeros(P)
         pair_dev[qq[ok]] = mdev[ok]
+        sel = (ok & multi[:, None])
+        if rnd:
+            sel &= pm_w[np.where(ok, qq, 0)] > 0.5
+        sig["depth"] = _robust_sigma(mdev[sel], _DEPTH_FLOOR)
         e2 = np.zeros(P)
         e2[m] = (e_rot / sig["pm_rot"]) ** 2 + (e_c / sig["pm_c"]) ** 2
         e2 += (pair_dev / sig["depth"]) ** 2
@@ -604,12 +633,14 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
         else:
             ray_w = np.zeros(P)
         if rnd == 0:
-            sm_rot, sm_tr = _smoothness_scales(state, d, sig["pm_rot"], sig["pm_c"], smooth_rot, smooth_trans)
+            sm_rot, sm_tr = _smoothness_scales(state, d.value(state.logs), sig["pm_rot"], sig["pm_c"], smooth_rot,
+                                               smooth_trans)
             info["smooth_scale"] = {"rot_deg": float(np.degrees(sm_rot)), "trans": float(sm_tr)}
         if anchor_outlier:
             pm_w = np.where(pairs.i == 0, 0.0, pm_w)
             ray_w = np.where(pairs.i == 0, 0.0, ray_w)
         a_pm, a_ray, a_sm = alphas["pointmap"], alphas["rays"], alphas["smooth"]
+        d = _SceneDepth(pairs, T, pm_w)
         W = Weights(
             pm_rot=a_pm * pm_w / sig["pm_rot"] ** 2 / 3.0,
             pm_c=a_pm * pm_w / sig["pm_c"] ** 2 / 3.0,
@@ -628,5 +659,5 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
                 info["frame0_outlier"] = True
     info["pm_weight"] = pm_w
     info["ray_weight"] = ray_w
-    info["scene_depth"] = _scene_depth(state, pairs, T)
+    info["scene_depth"] = _SceneDepth(pairs, T, pm_w).value(state.logs)
     return state, info

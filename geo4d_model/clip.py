@@ -244,3 +244,45 @@ def encode_text(model, token_ids: torch.Tensor) -> torch.Tensor:
 def encode_image(model, images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] (b, 3, H, W) → (b, 257, width) tokens before ``post_layernorm``."""
     return model(pixel_values=preprocess(images)).last_hidden_state
+
+
+# ---- `geo4d check-fixture` stages (clip.* cases) ----------------------------------------------------
+def _fixture_towers(ctx):
+    """CLIP towers for a fixture run: an open_clip JSON config + ``weights.safetensors``, or an
+    official-schema yaml + ``model.ckpt`` (ViT-H-14 head counts)."""
+    import json
+    from pathlib import Path
+
+    cached = getattr(ctx, "_clip_towers", None)
+    if cached is not None:
+        return cached
+    cfg_path = Path(str(ctx.config_path)) if ctx.config_path else None
+    text_heads = vision_heads = None
+    if cfg_path is not None and cfg_path.suffix == ".json":
+        from safetensors.torch import load_file
+
+        cfg = json.loads(cfg_path.read_text()).get("model_cfg", {})
+        text_heads = cfg.get("text_cfg", {}).get("heads")
+        v = cfg.get("vision_cfg", {})
+        vision_heads = v["width"] // v["head_width"] if "head_width" in v else None
+        ckpt = str(ctx.checkpoint_path)
+        sd = load_file(ckpt) if ckpt.endswith(".safetensors") else torch.load(ckpt, map_location="cpu", mmap=True)["state_dict"]
+    else:
+        sd = ctx.loaded.clip_state_dict
+    towers = (build_text_encoder(sd, heads=text_heads), build_vision_encoder(sd, heads=vision_heads))
+    ctx._clip_towers = towers
+    return towers
+
+
+def register_fixture_stages(register_stage) -> None:
+    @register_stage("clip.text", ["clip.text.tokens"], doc="open_clip text tower (penultimate + final LN)")
+    def _text(ctx, cases):
+        return {"clip.text.out": encode_text(_fixture_towers(ctx)[0], cases["clip.text.tokens"])}
+
+    for suffix in ("", "_256x576", "_192x640", "_320x512"):
+        def _image(ctx, cases, suffix=suffix):
+            x = cases[f"clip.image.in{suffix}"]
+            return {f"clip.image.preprocessed{suffix}": preprocess(x),
+                    f"clip.image.out{suffix}": encode_image(_fixture_towers(ctx)[1], x)}
+
+        register_stage(f"clip.image{suffix}", [f"clip.image.in{suffix}"], doc="open_clip image tower")(_image)

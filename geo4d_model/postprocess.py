@@ -86,3 +86,23 @@ def to_window_prediction(post: dict[str, np.ndarray]) -> WindowPrediction:
     disparity = np.where(post["sky"], 0.0, post["inverse_depth"]).astype(np.float32)
     return WindowPrediction(pointmap=post["pts3d"], pointmap_conf=post["conf"], ray_dir=post["ray_dir"],
                             ray_moment=post["ray_moment"], disparity=disparity)
+
+
+def register_fixture_stages(register_stage) -> None:
+    """``geo4d check-fixture`` stages: ``post.samples`` → ``post.*`` and ``ddim.decoded`` → ``post_ddim.*``
+    (official names and shapes: point map (V,H,W,3), conf/inverse_depth/valid (V,H,W,1), traj (V,4,4))."""
+    import torch
+
+    def _named(prefix: str, out: dict) -> dict:
+        t = lambda a: torch.as_tensor(np.asarray(a, dtype=np.float32))  # noqa: E731
+        return {f"{prefix}.pts3d": t(out["pts3d"]), f"{prefix}.conf": t(out["conf"])[..., None],
+                f"{prefix}.inverse_depth": t(out["inverse_depth"])[..., None], f"{prefix}.traj": t(out["traj"]),
+                f"{prefix}.valid": t(out["valid"])[..., None]}
+
+    @register_stage("post", ["post.samples"], doc="per-window post-processing (demo sky band 0.35)")
+    def _post(ctx, cases):
+        return _named("post", postprocess_window(cases["post.samples"], sky_eps=SKY_EPS_DEMO))
+
+    @register_stage("post_ddim", ["ddim.decoded"], doc="post-processing of the sampled window")
+    def _post_ddim(ctx, cases):
+        return _named("post_ddim", postprocess_window(cases["ddim.decoded"], sky_eps=SKY_EPS_DEMO))

@@ -76,3 +76,18 @@ def test_full_size_mapping_matches_the_official_manifest(reference_dir):
         assert {k: tuple(v.shape) for k, v in mapped.items()} == expected
     leftovers = [k for k in sd if k not in clip.DEAD_KEYS and not k.startswith((clip.TEXT_PREFIX, clip.VISION_PREFIX))]
     assert leftovers == []
+
+
+def test_check_fixture_cli_on_the_clip_fixture(reference_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from geo4d.cli import main
+
+    d = reference_dir / "fixtures" / "tiny_clip"
+    out = tmp_path / "out.safetensors"
+    rc = main(["check-fixture", "--config", str(d / "open_clip_config.json"), "--checkpoint", str(d / "weights.safetensors"),
+               "--cases", str(d / "cases.safetensors"), "--out", str(out)])
+    assert rc == 0, capsys.readouterr()
+    got, ref = load_file(str(out)), load_file(str(d / "cases.safetensors"))
+    for name in ("clip.text.out", "clip.image.out", "clip.image.out_256x576", "clip.image.out_192x640"):
+        assert (got[name] - ref[name]).abs().max() <= 1e-4 * float(ref[name].abs().max()), name

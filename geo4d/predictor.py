@@ -114,6 +114,10 @@ def predictor_from_spec(spec: dict, video_path: str | None = None) -> WindowPred
         from geo4d_model.predictor import Geo4DPredictor
 
         kwargs = {k: v for k, v in spec.items() if k not in ("kind", "config", "checkpoint", "pointmap_vae")}
+        if not kwargs.get("device"):
+            import torch
+
+            kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
         return Geo4DPredictor.from_official(spec["config"], spec["checkpoint"], spec.get("pointmap_vae"), **kwargs)
     raise InputError(f"predictor: unknown kind {kind!r} (expected 'synthetic' or 'geo4d')")
 

@@ -38,6 +38,10 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="official configs/inference_geo4d.yaml")
     g.add_argument("--device", default=None, help="torch device for the network (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="network dtype")
+    g.add_argument("--image-size", help="network: frame size HxW (default 320x512; Geo4D supports 320x512, 384x512, "
+                   "256x576, 192x640)")
+    g.add_argument("--fs", type=int, help="network: frame-rate condition (default 24, as the evaluation script)")
+    g.add_argument("--clip-cache", help="network: directory caching the constant CLIP context (default ~/.cache/geo4d)")
     g.add_argument("--ground-truth", help="synthetic predictor / evaluation: ground-truth directory")
     g.add_argument("--noise-depth", type=float, default=0.0, help="synthetic: smooth relative depth noise")
     g.add_argument("--noise-pose-deg", type=float, default=0.0, help="synthetic: pose jitter in degrees")
@@ -60,6 +64,16 @@ def predictor_spec(args: argparse.Namespace) -> dict:
             spec["device"] = args.device
         if args.dtype:
             spec["dtype"] = args.dtype
+        if getattr(args, "image_size", None):
+            try:
+                h, w = (int(x) for x in args.image_size.lower().split("x"))
+            except ValueError:
+                raise InputError(f"--image-size {args.image_size}: expected HxW, e.g. 320x512") from None
+            spec["image_size"] = [h, w]
+        if getattr(args, "fs", None):
+            spec["fs"] = args.fs
+        if getattr(args, "clip_cache", None):
+            spec["clip_context_cache"] = args.clip_cache
         return spec
     noise = {}
     if args.noise_depth:

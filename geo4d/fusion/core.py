@@ -247,7 +247,7 @@ def fuse(
     f_pm = np.full(G * V, focal)
     rms_pm = np.full(G * V, np.nan)
     logz = np.zeros((G * V, n))
-    chunk = 512
+    chunk = 128  # pairs per batched PnP (bounds its temporary arrays)
     pnp_iters = 0
     for a in range(0, G * V, chunk):
         b = min(G * V, a + chunk)

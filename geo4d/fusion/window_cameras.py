@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geo4d.cameras import check_shape
-from geo4d.fusion.lie import project_to_rotation, skew, so3_exp
+from geo4d.fusion.lie import project_to_rotation, so3_exp
 
 __all__ = [
     "sample_pixels",

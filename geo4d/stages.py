@@ -170,7 +170,7 @@ def fuse_stage(
     upstream = store.stage_record(video_id, "windows") or {}
     if require_upstream and upstream.get("status") != "complete":
         raise InputError(f"video {video_id}: stage 'windows' is not complete; run it first")
-    config = FusionConfig(**(fusion or {}))
+    config = FusionConfig.from_dict(fusion or {})
     params = {"fusion": _jsonable(config), "upstream": upstream.get("fingerprint"), "starts": starts}
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "fuse", fp):

@@ -157,6 +157,9 @@ class Store:
             )
         if meta is None and self.mode == "a" and not members:
             self.root.attrs["geo4d_store"] = {"format": STORE_FORMAT, "version": STORE_VERSION}
+        if self.mode == "a" and "videos" not in members:
+            # Created once here, so concurrent per-video writers never race to create the parent group.
+            self.root.require_group("videos")
 
     # ---- videos ----------------------------------------------------------------------------------
     def video_ids(self) -> list[str]:
@@ -213,6 +216,15 @@ class Store:
                 "stages": {},
             }
         )
+
+    def record_unreadable_video(self, video_id: str, source: str, error: str, run_id: str | None = None) -> None:
+        """Record a video that could not even be decoded: ``videos/<id>`` with zero sizes and a failed
+        ``decode`` record, so status reports name it. An existing readable video is never replaced."""
+        if self.has_video(video_id) and self.video_info(video_id).n_frames > 0:
+            self.record_stage(video_id, "decode", "failed", run_id=run_id, error=error)
+            return
+        self.ensure_video(VideoInfo(video_id, source, 0, 0, 0, 0.0))
+        self.record_stage(video_id, "decode", "failed", parameters={"source": source}, run_id=run_id, error=error)
 
     def delete_video(self, video_id: str) -> None:
         """Remove ``videos/<id>`` and everything under it."""

@@ -1,0 +1,98 @@
+"""``geo4d archive`` and ``geo4d status``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from geo4d.errors import InputError
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from geo4d.cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, predictor_spec
+    from geo4d.sources import resolve_sources
+    from storage.store import Store
+
+    entries = resolve_sources(args.sources)  # one-line error before any work
+    Store(args.store)
+    spec = predictor_spec(args)
+    if spec["kind"] == "synthetic":
+        print(SYNTHETIC_NOTICE)
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers}: must be >= 1")
+    _prefect_env()
+    from prefect_dask import DaskTaskRunner
+
+    from flows.archive import reconstruct_archive
+
+    if args.dask_address:
+        runner = DaskTaskRunner(address=args.dask_address)
+    else:
+        # Threads in one process: the workers share this process's Prefect API (worker processes would
+        # each start a temporary Prefect server — docs/orchestration.md); NumPy/torch release the GIL.
+        runner = DaskTaskRunner(cluster_kwargs={"n_workers": args.workers, "threads_per_worker": 1, "processes": False,
+                                                "dashboard_address": None})
+    print(f"{len(entries)} video(s) → {args.store} on {args.dask_address or f'{args.workers} local Dask worker(s)'}")
+    t0 = time.perf_counter()
+    result = reconstruct_archive.with_options(task_runner=runner)(
+        list(args.sources), args.store, predictor=spec, fusion=json.loads(args.fusion) if args.fusion else None,
+        evaluate=not args.no_evaluate,
+    )
+    dt = time.perf_counter() - t0
+    print(f"\n{result['complete']} complete, {result['failed']} failed in {dt:.1f} s; manifest: {result['manifest']}")
+    for r in result["videos"]:
+        if r["status"] != "complete":
+            print(f"  FAILED {r['video_id']} ({r['source']}) at {r['failed_stage']}: {r['error']}")
+    return 1 if result["failed"] else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from storage.manifest import manifest_table, write_manifest
+    from storage.store import STAGES, Store
+
+    store = Store(args.store, mode="r")
+    rows = manifest_table(store).to_pylist()
+    if not rows:
+        print(f"{args.store}: no videos")
+        return 0
+    head = ["video", "source"] + list(STAGES)
+    body = []
+    for r in rows:
+        cells = [r["video_id"], r["source"]]
+        for st in STAGES:
+            s = r[f"{st}_status"]
+            cells.append(s)
+        body.append(cells)
+    widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
+    print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for cells in body:
+        print("  ".join(str(c).ljust(w) for c, w in zip(cells, widths)))
+    failed = [r for r in rows if r["error"]]
+    for r in failed:
+        print(f"failed: {r['video_id']} ({r['source']}): {r['error']}")
+    done = sum(all(r[f"{st}_status"] == "complete" for st in STAGES) for r in rows)
+    print(f"total: {len(rows)} videos, {done} complete, {len(failed)} failed, {len(rows) - done - len(failed)} pending")
+    try:
+        print(f"manifest: {write_manifest(Store(args.store))}")
+    except OSError as exc:  # a read-only store still gets its table printed
+        print(f"manifest not written: {exc}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from geo4d.cli.reconstruct import add_predictor_args
+
+    p = sub.add_parser("archive", help="reconstruct many videos into one store, concurrently on Dask, resumably")
+    p.add_argument("sources", nargs="+", help="video files, directories, globs, or a Parquet/CSV manifest (path, video_id)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
+    p.add_argument("--dask-address", help="an existing Dask scheduler, tcp://HOST:PORT")
+    p.add_argument("--fusion", help="fusion options as JSON")
+    p.add_argument("--no-evaluate", action="store_true")
+    add_predictor_args(p)
+    p.set_defaults(func=cmd_archive)
+
+    p = sub.add_parser("status", help="per-video × per-stage table of a store; writes STORE/manifest.parquet")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_status)

@@ -1,0 +1,55 @@
+"""Prefect task of archive runs: one coarse task per video (all its stages), failures isolated per video."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.runtime import flow_run
+
+from geo4d import stages
+from geo4d.errors import Geo4DError
+from geo4d.predictor import predictor_image_size
+from storage.store import video_id_for
+from tasks.common import STAGE_TASK_OPTIONS, open_store
+
+
+@task(name="reconstruct-one", **STAGE_TASK_OPTIONS)
+def reconstruct_one_task(source: dict, store: str, predictor: dict, fusion: dict | None = None,
+                         evaluate: bool = True, storage_options: dict | None = None) -> dict:
+    """Run (or resume) every stage of one video. A permanent fault (bad video, invalid predictions)
+    is recorded in the store as the failed stage with its reason and returned, not raised, so the
+    other videos go on; transient faults raise and are retried by Prefect."""
+    logger = get_run_logger()
+    run_id = str(flow_run.id) if flow_run.id else None
+    st = open_store(store, storage_options)
+    path = source["path"]
+    p = Path(path)
+    vid = source.get("video_id") or (video_id_for(p) if p.is_file() else f"{p.stem or 'video'}-missing")
+    summary: dict = {"video_id": vid, "source": path, "status": "complete", "failed_stage": None, "error": None,
+                     "windows_predicted": 0, "seconds": {}}
+    stage = "decode"
+    try:
+        r = stages.decode_stage(st, path, video_id=vid, size=predictor_image_size(predictor), run_id=run_id)
+        summary["seconds"]["decode"] = r.seconds
+        stage = "windows"
+        r = stages.windows_stage(st, vid, predictor, run_id=run_id)
+        summary["seconds"]["windows"] = r.seconds
+        summary["windows_predicted"] = r.details.get("predicted", 0)
+        stage = "fuse"
+        r = stages.fuse_stage(st, vid, fusion=fusion, run_id=run_id)
+        summary["seconds"]["fuse"] = r.seconds
+        if evaluate:
+            stage = "evaluate"
+            r = stages.evaluate_stage(st, vid, run_id=run_id)
+            summary["seconds"]["evaluate"] = r.seconds
+            summary["metrics"] = r.details.get("metrics")
+    except Geo4DError as exc:
+        msg = str(exc)
+        if stage == "decode":
+            st.record_unreadable_video(vid, str(p.resolve()) if p.exists() else path, msg, run_id=run_id)
+        else:
+            st.record_stage(vid, stage, "failed", run_id=run_id, error=msg)
+        summary.update(status="failed", failed_stage=stage, error=msg)
+        logger.warning("%s (%s): %s failed: %s", vid, path, stage, msg)
+    return summary

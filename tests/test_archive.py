@@ -1,0 +1,75 @@
+"""Archive runs: many videos on Dask, bad videos isolated and reported, status and manifest."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from geo4d.cli import main
+from geo4d.errors import InputError
+from geo4d.sources import resolve_sources
+
+
+@pytest.fixture(scope="module")
+def archive_dir(tmp_path_factory):
+    from geo4d.synthetic import make_scene, render, write_video
+    from storage.ground_truth import write_ground_truth
+
+    d = tmp_path_factory.mktemp("archive")
+    for i in range(6):
+        r = render(make_scene(seed=10 + i, n_frames=20, height=48, width=64))
+        write_video(d / f"clip_{i}.mp4", r.frames, fps=10)
+        write_ground_truth(d / f"clip_{i}.gt", r)
+    good = (d / "clip_0.mp4").read_bytes()
+    (d / "corrupt.mp4").write_bytes(good[: len(good) // 3])
+    (d / "notes.mp4").write_text("a text file renamed .mp4\n" * 20)
+    return d
+
+
+def test_sources_from_dirs_globs_and_manifests(archive_dir, tmp_path):
+    import pyarrow as pa
+
+    assert len(resolve_sources([str(archive_dir)])) == 8
+    assert [s.path for s in resolve_sources([str(archive_dir / "clip_[01].mp4")])] == [
+        str(archive_dir / "clip_0.mp4"), str(archive_dir / "clip_1.mp4")]
+    pq.write_table(pa.table({"path": ["clip_2.mp4", str(archive_dir / "clip_3.mp4")], "video_id": ["two", None]}),
+                   archive_dir / "m.parquet")
+    got = resolve_sources([str(archive_dir / "m.parquet"), str(archive_dir / "clip_2.mp4")])
+    assert [(s.path, s.video_id) for s in got] == [(str(archive_dir / "clip_2.mp4"), "two"),
+                                                   (str(archive_dir / "clip_3.mp4"), None)]
+    (archive_dir / "m.parquet").unlink()
+    with pytest.raises(InputError, match="pattern matches no file"):
+        resolve_sources([str(tmp_path / "*.mp4")])
+
+
+def test_archive_completes_good_videos_and_reports_bad_ones(archive_dir, tmp_path, capsys, prefect_env):
+    store = tmp_path / "a.zarr"
+    rc = main(["archive", str(archive_dir), "--store", str(store), "--workers", "2", "--predictor", "synthetic"])
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert "6 complete, 2 failed" in out
+    assert "corrupt.mp4" in out and "notes.mp4" in out
+    table = pq.read_table(store / "manifest.parquet").to_pylist()
+    assert len(table) == 8
+    by_source = {r["source"].rsplit("/", 1)[-1]: r for r in table}
+    for i in range(6):
+        r = by_source[f"clip_{i}.mp4"]
+        assert [r[f"{s}_status"] for s in ("decode", "windows", "fuse", "evaluate")] == ["complete"] * 4
+        assert r["n_frames"] == 20 and r["metrics"]
+    for bad in ("corrupt.mp4", "notes.mp4"):
+        r = by_source[bad]
+        assert r["decode_status"] == "failed" and r["windows_status"] == "pending"
+        assert "truncated" in r["error"] or "not a readable video" in r["error"] or "no video stream" in r["error"]
+    assert main(["status", str(store)]) == 0
+    status = capsys.readouterr().out
+    assert "total: 8 videos, 6 complete, 2 failed, 0 pending" in status
+    assert "failed:" in status and "notes.mp4" in status and "clip_3.mp4" in status
+    # A rerun recomputes nothing for the finished videos.
+    from storage.store import Store
+
+    s = Store(store, mode="r")
+    before = {v: s.stage_record(v, "windows") for v in s.video_ids() if s.is_complete(v, "windows")}
+    assert main(["archive", str(archive_dir), "--store", str(store), "--workers", "1"]) == 1
+    capsys.readouterr()
+    after = {v: s.stage_record(v, "windows") for v in before}
+    assert after == before and len(before) == 6

@@ -22,17 +22,20 @@ def reconstruct_archive(
     fusion: dict | None = None,
     evaluate: bool = True,
     storage_options: dict | None = None,
+    max_gpu_tasks: int | None = None,
 ) -> dict:
     """Reconstruct every video of ``sources`` into ``store``; finished stages are skipped on reruns.
 
     Each video is one task on the flow's task runner (a Dask cluster from the CLI); a video that
     fails permanently is recorded with its reason and the others go on. Writes
-    ``STORE/manifest.parquet`` and a table artifact of per-video results.
+    ``STORE/manifest.parquet`` and a table artifact of per-video results. ``max_gpu_tasks`` bounds how
+    many videos sample windows at once (the GPU stage); the CPU stages overlap with it.
     """
     predictor = predictor or {"kind": "synthetic"}
     entries = resolve_sources(sources)
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
-    futures = [reconstruct_one_task.submit(asdict(e), store, predictor, fusion, evaluate, storage_options) for e in entries]
+    futures = [reconstruct_one_task.submit(asdict(e), store, predictor, fusion, evaluate, storage_options,
+                                           max_gpu_tasks) for e in entries]
     results = []
     for k, fut in enumerate(as_completed(futures), 1):
         res = fut.result()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -14,9 +15,28 @@ from storage.store import video_id_for
 from tasks.common import STAGE_TASK_OPTIONS, open_store
 
 
+@contextmanager
+def _gpu_slot(max_gpu_tasks: int | None):
+    """Hold one of ``max_gpu_tasks`` cluster-wide leases (a Dask ``Semaphore`` kept by the scheduler)
+    while sampling; the CPU stages of other videos run meanwhile. No limit outside a Dask worker."""
+    if not max_gpu_tasks:
+        yield
+        return
+    try:
+        from distributed import Semaphore, get_client
+
+        get_client()
+    except (ImportError, ValueError):
+        yield
+        return
+    with Semaphore(max_leases=int(max_gpu_tasks), name="geo4d-gpu-stage"):
+        yield
+
+
 @task(name="reconstruct-one", **STAGE_TASK_OPTIONS)
 def reconstruct_one_task(source: dict, store: str, predictor: dict, fusion: dict | None = None,
-                         evaluate: bool = True, storage_options: dict | None = None) -> dict:
+                         evaluate: bool = True, storage_options: dict | None = None,
+                         max_gpu_tasks: int | None = None) -> dict:
     """Run (or resume) every stage of one video. A permanent fault (bad video, invalid predictions)
     is recorded in the store as the failed stage with its reason and returned, not raised, so the
     other videos go on; transient faults raise and are retried by Prefect."""
@@ -33,7 +53,8 @@ def reconstruct_one_task(source: dict, store: str, predictor: dict, fusion: dict
         r = stages.decode_stage(st, path, video_id=vid, size=predictor_image_size(predictor), run_id=run_id)
         summary["seconds"]["decode"] = r.seconds
         stage = "windows"
-        r = stages.windows_stage(st, vid, predictor, run_id=run_id)
+        with _gpu_slot(max_gpu_tasks):
+            r = stages.windows_stage(st, vid, predictor, run_id=run_id)
         summary["seconds"]["windows"] = r.seconds
         summary["windows_predicted"] = r.details.get("predicted", 0)
         stage = "fuse"

@@ -73,3 +73,31 @@ def test_archive_completes_good_videos_and_reports_bad_ones(archive_dir, tmp_pat
     capsys.readouterr()
     after = {v: s.stage_record(v, "windows") for v in before}
     assert after == before and len(before) == 6
+
+
+def test_max_gpu_tasks_bounds_the_sampling_stage(archive_dir, tmp_path, monkeypatch, capsys, prefect_env):
+    import threading
+    import time
+
+    import geo4d.stages as stages
+
+    active, peak, lock = [0], [0], threading.Lock()
+    original = stages.windows_stage
+
+    def tracked(*a, **k):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.3)  # make overlaps likely if the bound did not hold
+            return original(*a, **k)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(stages, "windows_stage", tracked)
+    srcs = [str(archive_dir / f"clip_{i}.mp4") for i in range(3)]
+    rc = main(["archive", *srcs, "--store", str(tmp_path / "g.zarr"), "--workers", "2", "--max-gpu-tasks", "1",
+               "--no-evaluate"])
+    assert rc == 0, capsys.readouterr().out
+    assert peak[0] == 1

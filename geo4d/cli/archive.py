@@ -37,7 +37,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = reconstruct_archive.with_options(task_runner=runner)(
         list(args.sources), args.store, predictor=spec, fusion=json.loads(args.fusion) if args.fusion else None,
-        evaluate=not args.no_evaluate,
+        evaluate=not args.no_evaluate, max_gpu_tasks=args.max_gpu_tasks,
     )
     dt = time.perf_counter() - t0
     print(f"\n{result['complete']} complete, {result['failed']} failed in {dt:.1f} s; manifest: {result['manifest']}")
@@ -88,6 +88,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
     p.add_argument("--dask-address", help="an existing Dask scheduler, tcp://HOST:PORT")
+    p.add_argument("--max-gpu-tasks", type=int, default=None,
+                   help="at most K videos in the GPU (window sampling) stage at once; default: no bound")
     p.add_argument("--fusion", help="fusion options as JSON")
     p.add_argument("--no-evaluate", action="store_true")
     add_predictor_args(p)

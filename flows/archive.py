@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from prefect import flow
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from geo4d.sources import resolve_sources
@@ -37,9 +37,15 @@ def reconstruct_archive(
     futures = [reconstruct_one_task.submit(asdict(e), store, predictor, fusion, evaluate, storage_options,
                                            max_gpu_tasks) for e in entries]
     results = []
+    progress_id = create_progress_artifact(progress=0.0, key="archive-progress",
+                                           description=f"videos done of {len(futures)}")
+    windows_sampled = 0
     for k, fut in enumerate(as_completed(futures), 1):
         res = fut.result()
         results.append(res)
+        windows_sampled += int(res.get("windows_predicted") or 0)
+        update_progress_artifact(progress_id, progress=100.0 * k / len(futures),
+                                 description=f"{k}/{len(futures)} videos done, {windows_sampled} windows sampled")
         state = "ok" if res["status"] == "complete" else f"FAILED at {res['failed_stage']}: {res['error']}"
         print(f"[{k}/{len(futures)}] {res['video_id']} ({res['source']}): {state}")
     order = {e.path: i for i, e in enumerate(entries)}
@@ -52,4 +58,5 @@ def reconstruct_archive(
         description=f"geo4d archive run into {store}",
     )
     failed = [r for r in results if r["status"] != "complete"]
-    return {"videos": results, "complete": len(results) - len(failed), "failed": len(failed), "manifest": manifest}
+    return {"videos": results, "complete": len(results) - len(failed), "failed": len(failed), "manifest": manifest,
+            "windows_sampled": windows_sampled}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def reconstruct_one_task(source: dict, store: str, predictor: dict, fusion: dict
     summary: dict = {"video_id": vid, "source": path, "status": "complete", "failed_stage": None, "error": None,
                      "windows_predicted": 0, "seconds": {}}
     stage = "decode"
+    t_task = time.perf_counter()
     try:
         r = stages.decode_stage(st, path, video_id=vid, size=predictor_image_size(predictor), run_id=run_id)
         summary["seconds"]["decode"] = r.seconds
@@ -73,4 +75,5 @@ def reconstruct_one_task(source: dict, store: str, predictor: dict, fusion: dict
             st.record_stage(vid, stage, "failed", run_id=run_id, error=msg)
         summary.update(status="failed", failed_stage=stage, error=msg)
         logger.warning("%s (%s): %s failed: %s", vid, path, stage, msg)
+    summary["task_seconds"] = time.perf_counter() - t_task
     return summary

@@ -16,7 +16,8 @@ COMMAND_MODULES = (
     "geo4d.cli.reconstruct",  # reconstruct, fuse, demo
     "geo4d.cli.model",        # check-fixture
     "geo4d.cli.metrics",      # metrics poses|depth, evaluate
-    "geo4d.cli.archive",      # archive, status, export
+    "geo4d.cli.archive",      # archive, status
+    "geo4d.cli.export",       # export
 )
 
 

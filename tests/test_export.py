@@ -1,0 +1,63 @@
+"""`geo4d export`: the 4D dataset layout, statistics, lazy loading, skips and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from geo4d.cli import main
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from geo4d import stages
+    from geo4d.synthetic import make_scene, render, write_video
+    from storage.ground_truth import write_ground_truth
+    from storage.store import Store
+
+    d = tmp_path_factory.mktemp("exp")
+    s = Store(d / "s.zarr")
+    for i in range(3):
+        r = render(make_scene(seed=50 + i, n_frames=20, height=48, width=64))
+        write_video(d / f"v{i}.mp4", r.frames, fps=10)
+        write_ground_truth(d / f"v{i}.gt", r)
+        vid = stages.decode_stage(s, str(d / f"v{i}.mp4"), video_id=f"v{i}").video_id
+        if i < 2:  # v2 stays only decoded
+            stages.windows_stage(s, vid, {"kind": "synthetic"})
+            stages.fuse_stage(s, vid)
+            stages.evaluate_stage(s, vid)
+    return s
+
+
+def test_export_layout_statistics_and_lazy_loading(store, tmp_path, capsys):
+    import dask.array as da
+
+    out = tmp_path / "ds"
+    assert main(["export", store.location, str(out)]) == 0
+    assert "skip v2: fuse stage not complete" in capsys.readouterr().out
+    index = pq.read_table(out / "index.parquet")
+    rows = {r["video_id"]: r for r in index.to_pylist()}
+    assert sorted(rows) == ["v0", "v1"]
+    assert b"geo4d_dataset" in index.schema.metadata
+    r = rows["v0"]
+    fused = store.read_fused("v0")
+    depth = da.from_zarr(str(out / r["zarr_path"]), component="depth")
+    assert depth.shape == (20, 48, 64) and np.array_equal(depth.compute(), fused["depth"])
+    pose = da.from_zarr(str(out / r["zarr_path"]), component="world_from_cam")
+    assert np.allclose(pose[0].compute(), np.eye(4), atol=1e-5)
+    valid = fused["depth"][fused["confidence"] > 0]
+    assert np.isclose(r["depth_median"], np.median(valid)) and 0 < r["valid_fraction"] <= 1
+    assert r["abs_rel"] is not None and r["abs_rel"] < 0.01 and r["path_length"] > 0
+    rgb = da.from_zarr(str(out / r["zarr_path"]), component="rgb")
+    assert rgb.dtype == np.uint8 and rgb.chunks[0] == (1,) * 20
+    # Re-export keeps what is already exported from the same result.
+    assert main(["export", store.location, str(out), "--videos", "v0"]) == 0
+    assert "keep v0" in capsys.readouterr().out
+    assert sorted(r["video_id"] for r in pq.read_table(out / "index.parquet").to_pylist()) == ["v0", "v1"]
+
+
+def test_export_unknown_video_is_a_one_line_error(store, tmp_path, capsys):
+    assert main(["export", store.location, str(tmp_path / "ds"), "--videos", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "'nope'" in err and len(err.splitlines()) == 1

@@ -34,6 +34,10 @@ EXPORT_CONVENTIONS = (
     "z-depth, 0 where invalid; one scale per video (frame 0 median depth = 1 unless the reconstruction says otherwise)"
 )
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+#: Zarr v3 dimension names (xarray opens the groups with them).
+DIMENSIONS = {"rgb": ("frame", "y", "x", "rgb"), "depth": ("frame", "y", "x"), "confidence": ("frame", "y", "x"),
+              "points": ("frame", "y", "x", "xyz"), "intrinsics": ("frame", "k_row", "k_col"),
+              "world_from_cam": ("frame", "pose_row", "pose_col")}
 
 
 def _path_length(world_from_cam: np.ndarray) -> float:
@@ -48,7 +52,7 @@ def _write_video(dest: Path, arrays: dict[str, np.ndarray], attrs: dict) -> None
     g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
     for name, arr in arrays.items():
         a = g.create_array(name, shape=arr.shape, chunks=(1,) + arr.shape[1:], dtype=arr.dtype,
-                           compressors=_COMPRESSOR, fill_value=0)
+                           compressors=_COMPRESSOR, fill_value=0, dimension_names=DIMENSIONS[name])
         a[:] = arr
     g.attrs.update(attrs)
     if dest.exists():

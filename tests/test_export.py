@@ -51,6 +51,11 @@ def test_export_layout_statistics_and_lazy_loading(store, tmp_path, capsys):
     assert r["abs_rel"] is not None and r["abs_rel"] < 0.01 and r["path_length"] > 0
     rgb = da.from_zarr(str(out / r["zarr_path"]), component="rgb")
     assert rgb.dtype == np.uint8 and rgb.chunks[0] == (1,) * 20
+    import xarray as xr
+
+    ds = xr.open_zarr(str(out / r["zarr_path"]), consolidated=False)
+    assert ds["depth"].dims == ("frame", "y", "x") and ds.sizes["frame"] == 20
+    assert np.array_equal(ds["depth"].isel(frame=3).values, fused["depth"][3])
     # Re-export keeps what is already exported from the same result.
     assert main(["export", store.location, str(out), "--videos", "v0"]) == 0
     assert "keep v0" in capsys.readouterr().out

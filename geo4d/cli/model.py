@@ -48,11 +48,11 @@ def cmd_check_fixture(args: argparse.Namespace) -> int:
         unknown = sorted(set(args.stage) - set(STAGES))
         if unknown:
             raise InputError(f"--stage {', '.join(unknown)}: unknown (known: {', '.join(STAGES)})")
-    torch.set_grad_enabled(False)
     cases, metadata = load_cases(args.cases)
     ctx = FixtureContext(args.config, args.checkpoint, args.pointmap_vae, metadata)
     t0 = time.perf_counter()
-    report = run_fixture(cases, ctx, rtol=args.rtol, expected=expected_outputs(args.cases), only=args.stage)
+    with torch.no_grad():  # scoped: callers in the same process (notebooks, tests) keep autograd
+        report = run_fixture(cases, ctx, rtol=args.rtol, expected=expected_outputs(args.cases), only=args.stage)
     elapsed = time.perf_counter() - t0
     save_file({k: v.contiguous().clone() for k, v in report.outputs.items()}, str(out),
               metadata={"cases": str(args.cases), "checkpoint": str(args.checkpoint), "config": str(args.config)})

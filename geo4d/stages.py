@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from geo4d import validation
 from geo4d.errors import InputError, PredictionError
 from geo4d.predictor import WindowPredictor, predictor_from_spec
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, VideoTooShortError, window_starts
@@ -127,17 +128,35 @@ def windows_stage(
     frames = store.read_frames(video_id)
     todo_starts = [starts[g] for g in todo]
     n = 0
+    summaries: dict[int, list[dict]] = {}
     for k, pred in predictor.predict_windows(frames, todo_starts, window_size):
         g = todo[k]
         _check_finite(pred, g, starts[g], window_size)
         store.write_window(video_id, g, pred)
+        summaries[g] = validation.window_summary(pred.as_dict(), g, starts[g])
         n += 1
         if progress:
             progress(len(starts) - len(todo) + n, len(starts), f"window {g} (frames {starts[g]}–{starts[g] + window_size - 1})")
+    if len(summaries) < len(starts):  # windows stored by an earlier, interrupted run
+        arrays, _, _ = store.windows(video_id)
+        for g in range(len(starts)):
+            if g not in summaries:
+                summaries[g] = validation.window_summary({k: a[g] for k, a in arrays.items()}, g, starts[g])
+    _checked(store, video_id, "windows", run_id,
+             lambda: validation.validate_window_summaries([r for g in sorted(summaries) for r in summaries[g]]))
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "windows", "complete", parameters=params, run_id=run_id, seconds=dt,
                        extra={"windows": len(starts), "predicted": n, "predictor": predictor.name})
     return StageResult(video_id, "windows", False, fp, dt, {"windows": len(starts), "predicted": n})
+
+
+def _checked(store: Store, video_id: str, stage: str, run_id: str | None, check) -> None:
+    """Run a data check; on failure record the stage failed with the expectation's message, re-raise."""
+    try:
+        check()
+    except validation.ValidationError as exc:
+        store.record_stage(video_id, stage, "failed", run_id=run_id, error=str(exc))
+        raise
 
 
 def _check_finite(pred, g: int, start: int, size: int) -> None:
@@ -178,6 +197,9 @@ def fuse_stage(
     t0 = time.perf_counter()
     store.clear_stages(video_id, ["fuse"] + _downstream("fuse"))
     result = fuse(arrays, starts, info.n_frames, config=config, progress=progress)
+    _checked(store, video_id, "fuse", run_id, lambda: validation.validate_fused(
+        {"depth": result.depth, "confidence": result.confidence, "intrinsics": result.intrinsics,
+         "cam_to_world": result.world_from_cam}, info.height, info.width))
     store.write_fused(
         video_id,
         {
@@ -239,6 +261,7 @@ def evaluate_stage(
             fused["depth"], fused["intrinsics"], fused["cam_to_world"],
             gt.depth, gt.intrinsics, gt.world_from_cam,
         ).items()}
+        _checked(store, video_id, "evaluate", run_id, lambda: validation.validate_metrics(metrics))
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "evaluate", "complete", parameters=params, run_id=run_id, seconds=dt,
                        extra={"metrics": metrics})

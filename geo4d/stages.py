@@ -126,17 +126,30 @@ def windows_stage(
     done = store.prepare_windows(video_id, starts, window_size, stride, predictor.name, fp)
     todo = [g for g in range(len(starts)) if not done[g]]
     frames = store.read_frames(video_id)
-    todo_starts = [starts[g] for g in todo]
     n = 0
     summaries: dict[int, list[dict]] = {}
-    for k, pred in predictor.predict_windows(frames, todo_starts, window_size):
-        g = todo[k]
-        _check_finite(pred, g, starts[g], window_size)
-        store.write_window(video_id, g, pred)
-        summaries[g] = validation.window_summary(pred.as_dict(), g, starts[g])
-        n += 1
-        if progress:
-            progress(len(starts) - len(todo) + n, len(starts), f"window {g} (frames {starts[g]}–{starts[g] + window_size - 1})")
+    while todo:
+        todo_starts = [starts[g] for g in todo]
+        try:
+            for k, pred in predictor.predict_windows(frames, todo_starts, window_size):
+                g = todo[k]
+                _check_finite(pred, g, starts[g], window_size)
+                store.write_window(video_id, g, pred)
+                summaries[g] = validation.window_summary(pred.as_dict(), g, starts[g])
+                n += 1
+                if progress:
+                    progress(len(starts) - len(todo) + len(summaries), len(starts),
+                             f"window {g} (frames {starts[g]}–{starts[g] + window_size - 1})")
+            todo = []
+        except Exception as exc:  # out of GPU memory: fewer windows per call, resume the missing ones
+            batch = getattr(predictor, "window_batch", None)
+            if not _is_out_of_memory(exc) or not isinstance(batch, int) or batch <= 1:
+                raise
+            predictor.window_batch = batch // 2
+            _free_accelerator_memory()
+            if progress:
+                progress(len(summaries), len(starts), f"out of memory: retrying with {batch // 2} windows per call")
+            todo = [g for g in todo if g not in summaries]
     if len(summaries) < len(starts):  # windows stored by an earlier, interrupted run
         arrays, _, _ = store.windows(video_id)
         for g in range(len(starts)):
@@ -148,6 +161,20 @@ def windows_stage(
     store.record_stage(video_id, "windows", "complete", parameters=params, run_id=run_id, seconds=dt,
                        extra={"windows": len(starts), "predicted": n, "predictor": predictor.name})
     return StageResult(video_id, "windows", False, fp, dt, {"windows": len(starts), "predicted": n})
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _free_accelerator_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
 
 
 def _checked(store: Store, video_id: str, stage: str, run_id: str | None, check) -> None:

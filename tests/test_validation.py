@@ -81,3 +81,37 @@ def test_a_failed_expectation_marks_the_stage_failed(tmp_path, monkeypatch):
     rec = s.stage_record(vid, "fuse")
     assert rec["status"] == "failed" and "expect_column_values_to_be_between" in rec["error"]
     assert "fused" not in s.root[f"videos/{vid}"]  # nothing written for the failed stage
+
+
+def test_out_of_memory_retries_with_fewer_windows_per_call(tmp_path):
+    """CUDA OOM in the sampling stage: halve the windows per call and resume only the missing windows."""
+    from geo4d import stages
+    from geo4d.synthetic import make_scene, render, write_video
+    from geo4d.synthetic_predictor import SyntheticPredictor
+    from storage.ground_truth import read_ground_truth, write_ground_truth
+    from storage.store import Store
+
+    r = render(make_scene(seed=8, n_frames=28, height=48, width=64))
+    write_video(tmp_path / "v.mp4", r.frames, fps=10)
+    write_ground_truth(tmp_path / "v.gt", r)
+    s = Store(tmp_path / "s.zarr")
+    vid = stages.decode_stage(s, str(tmp_path / "v.mp4")).video_id
+
+    class Batching(SyntheticPredictor):
+        window_batch = 4
+        calls: list[int] = []
+
+        def predict_windows(self, video, starts, size):
+            for i in range(0, len(starts), self.window_batch):
+                chunk = starts[i : i + self.window_batch]
+                if len(chunk) > 1:
+                    raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                for j, st in enumerate(chunk):
+                    self.calls.append(st)
+                    yield i + j, self.predict_window(video[st : st + size], st)
+
+    pred = Batching(read_ground_truth(tmp_path / "v.gt"))
+    res = stages.windows_stage(s, vid, pred)
+    assert pred.window_batch == 1 and res.details["predicted"] == 4
+    assert sorted(pred.calls) == [0, 4, 8, 12]  # every window predicted exactly once
+    assert s.is_complete(vid, "windows")

@@ -47,7 +47,7 @@ def main() -> None:
     for i in range(a.videos):
         r = render(make_scene(seed=100 + i, n_frames=a.frames, height=a.height, width=a.width))
         write_video(src / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(src / f"v{i}.gt", r)
+        write_ground_truth(src / f"v{i}.gt", r.geometry)
     # Warm the temporary Prefect API once so its start-up is measured on its own.
     t0 = time.perf_counter()
     reconstruct_archive.with_options(task_runner=DaskTaskRunner(cluster_kwargs={"n_workers": 1, "processes": False, "dashboard_address": None}))(

@@ -53,42 +53,46 @@ TARGETS = {
 
 
 def make_case(T: int, noise: dict, seed: int):
+    """A synthetic video of T frames and its window predictions: ``(gt geometry, predictor, starts, windows)``."""
     from geo4d.predictor import MODALITIES
     from geo4d.synthetic import make_scene, render
     from geo4d.synthetic_predictor import SyntheticPredictor
     from geo4d.windows import window_starts
 
-    gt = render(make_scene(seed, n_frames=T, height=H, width=W))
+    video = render(make_scene(seed, n_frames=T, height=H, width=W))
+    gt = video.geometry
     pred = SyntheticPredictor(gt, noise=noise, seed=seed)
     starts = window_starts(T)
     out = {k: [] for k in MODALITIES}
     for s in starts:
-        p = pred.predict_window(gt.frames[s : s + 16], s)
+        p = pred.predict_window(video.frames[s : s + 16], s)
         for k in MODALITIES:
             out[k].append(getattr(p, k))
     return gt, pred, starts, {k: np.stack(v) for k, v in out.items()}
 
 
 def run_fuse(windows, starts, T, config: dict, repeat: int = 1):
+    """``fuse`` with ``config`` (a mapping of FusionConfig fields); best wall time of ``repeat`` runs."""
     from geo4d.fusion import FusionConfig, fuse
 
     best, res = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        res = fuse(windows, starts, T, config=FusionConfig(**config))
+        res = fuse(windows, starts, T, config=FusionConfig.parse(config))
         best = min(best, time.perf_counter() - t0)
     return res, best
 
 
 def evaluate(res, gt) -> dict[str, float]:
+    """The benchmark's metrics (KEYS) of a fusion result against the ground-truth geometry."""
     from geo4d.metrics import reconstruction_metrics
 
-    m = reconstruction_metrics(res.depth, res.intrinsics, res.world_from_cam, gt.depth, gt.intrinsics, gt.world_from_cam)
+    m = reconstruction_metrics(res.geometry.depth, res.geometry.intrinsics, res.geometry.world_from_cam, gt.depth, gt.intrinsics, gt.world_from_cam)
     return {k: float(m[k]) for k in KEYS}
 
 
 def cli_time(windows, starts, T: int) -> float:
-    """Wall time of ``python -m geo4d fuse`` (process start-up included) on a store holding the windows."""
+    """Wall time of ``python -m geo4d_cli fuse`` (process start-up included) on a store holding the windows."""
     from geo4d.predictor import MODALITIES, WindowPrediction
     from storage.store import Store, VideoInfo
 
@@ -101,7 +105,7 @@ def cli_time(windows, starts, T: int) -> float:
             st.write_window("bench", g, WindowPrediction(**{k: windows[k][g] for k in MODALITIES}))
         env = dict(os.environ, PREFECT_LOGGING_LEVEL="WARNING")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "geo4d", "fuse", "--store", str(path), "--video", "bench"],
+        subprocess.run([sys.executable, "-m", "geo4d_cli", "fuse", "--store", str(path), "--video", "bench"],
                        check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
         return time.perf_counter() - t0
 
@@ -150,7 +154,7 @@ def official_fixture_ablation() -> list[dict] | None:
             out["abs_rel_valid"] = float(dm["abs_rel"])
         return out
 
-    ours_valid.append(run_fuse(win, starts, T, {"pointmap_z_offset": True})[0].depth > 0)
+    ours_valid.append(run_fuse(win, starts, T, {"pointmap_z_offset": True})[0].geometry.depth > 0)
     rows = []
     offP = z["final_poses_c2w"].astype(np.float64)
     offK = np.broadcast_to(np.array([[summary["final_focal"], 0, w / 2], [0, summary["final_focal"], h / 2], [0, 0, 1]]), (T, 3, 3))
@@ -158,7 +162,7 @@ def official_fixture_ablation() -> list[dict] | None:
                  "seconds": None})
     for label, cfg in ABLATION:
         res, dt = run_fuse(win, starts, T, {"pointmap_z_offset": True, **cfg})
-        rows.append({"terms": f"ours: {label}", "config": cfg, **metrics(res.depth, res.intrinsics, res.world_from_cam), "seconds": dt})
+        rows.append({"terms": f"ours: {label}", "config": cfg, **metrics(res.geometry.depth, res.geometry.intrinsics, res.geometry.world_from_cam), "seconds": dt})
     return rows
 
 
@@ -174,7 +178,8 @@ def long_video(T: int = 1000, height: int = 160, width: int = 256) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        gt = render(make_scene(0, n_frames=T, height=height, width=width))
+        video = render(make_scene(0, n_frames=T, height=height, width=width))
+        gt = video.geometry
         pred = SyntheticPredictor(gt, noise=SCENARIOS["noisy"], seed=0)
         starts = window_starts(T)
         grp = zarr.open_group(str(Path(tmp) / "w.zarr"), mode="w")
@@ -182,7 +187,7 @@ def long_video(T: int = 1000, height: int = 160, width: int = 256) -> dict:
         arrs = {k: grp.create_array(k, shape=(len(starts), 16, height, width) + shapes[k], dtype="float16",
                                     chunks=(1, 16, height, width) + shapes[k]) for k in MODALITIES}
         for g, s in enumerate(starts):
-            p = pred.predict_window(gt.frames[s : s + 16], s)
+            p = pred.predict_window(video.frames[s : s + 16], s)
             for k in MODALITIES:
                 arrs[k][g] = getattr(p, k).astype(np.float16)
         np.savez(Path(tmp) / "gt.npz", depth=gt.depth, K=gt.intrinsics, P=gt.world_from_cam)
@@ -200,7 +205,7 @@ dt = time.perf_counter() - t0
 import resource
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 z = np.load({str(Path(tmp) / "gt.npz")!r})
-m = reconstruction_metrics(res.depth, res.intrinsics, res.world_from_cam, z["depth"], z["K"], z["P"])
+m = reconstruction_metrics(res.geometry.depth, res.geometry.intrinsics, res.geometry.world_from_cam, z["depth"], z["K"], z["P"])
 print(json.dumps({{"seconds": dt, "peak_rss_mib": peak, **{{k: float(m[k]) for k in {list(KEYS)!r}}}}}))
 """
         out = subprocess.run([sys.executable, "-c", child], check=True, capture_output=True, text=True, cwd=ROOT)
@@ -216,6 +221,7 @@ def mean_rows(rows: list[dict]) -> dict:
 
 
 def main() -> int:
+    """Run the benchmark (see the module docstring); exit status 1 when a target is missed."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=3, help="scenes averaged at 48 frames (longer videos: seed 0)")
     ap.add_argument("--quick", action="store_true", help="48 frames only, one seed, no CLI timing")
@@ -230,40 +236,8 @@ def main() -> int:
                      "resolution": [H, W], "predictor": "synthetic (test instrument)", "scenarios": SCENARIOS,
                      "runs": [], "ablation": [], "speed": {}}
     print(f"fusion benchmark — {H}×{W}, synthetic predictor (test instrument)")
-    for T in lengths:
-        for name, noise in SCENARIOS.items():
-            per_seed, times, detect = [], [], []
-            for seed in (seeds if T == 48 else [0]):
-                gt, pred, starts, win = make_case(T, noise, seed)
-                res, dt = run_fuse(win, starts, T, {}, repeat=3 if T == 48 and seed == 0 else 1)
-                per_seed.append(evaluate(res, gt))
-                times.append(dt)
-                if noise.get("corrupt_windows"):
-                    detect.append(res.diagnostics["flagged_starts"] == pred.corrupted_starts)
-            row = {"scenario": name, "frames": T, "seeds": len(per_seed), **mean_rows(per_seed),
-                   "worst": {k: float(max(r[k] for r in per_seed) if k != "delta_1_25" else min(r[k] for r in per_seed))
-                             for k in KEYS},
-                   "seconds": float(np.mean(times)), "frames_per_s": float(T / np.mean(times))}
-            if detect:
-                row["corrupted_detected"] = all(detect)
-            results["runs"].append(row)
-            print(f"  {name:<9} T={T:<4} AbsRel {row['abs_rel']:.4f}  δ<1.25 {row['delta_1_25']:.3f}  "
-                  f"ATE/path {row['ate_rel']:.2e}  RPE-T {row['rpe_trans']:.2e}  RPE-R {row['rpe_rot']:.4f}°  "
-                  f"focal {row['focal_err_pct']:.3f}%  {row['seconds']:.2f} s  {row['frames_per_s']:.0f} fr/s"
-                  + (f"  corrupted windows found: {row['corrupted_detected']}" if detect else ""))
-
-    print("ablation (noisy, 48 frames):")
-    for label, cfg in ABLATION:
-        per_seed = []
-        for seed in seeds:
-            gt, pred, starts, win = make_case(48, SCENARIOS["noisy"], seed)
-            res, _ = run_fuse(win, starts, 48, cfg)
-            per_seed.append(evaluate(res, gt))
-        row = {"terms": label, "config": cfg, **mean_rows(per_seed)}
-        results["ablation"].append(row)
-        print(f"  {label:<20} AbsRel {row['abs_rel']:.4f}  δ<1.25 {row['delta_1_25']:.3f}  ATE/path {row['ate_rel']:.2e}  "
-              f"RPE-T {row['rpe_trans']:.2e}  RPE-R {row['rpe_rot']:.4f}°  focal {row['focal_err_pct']:.3f}%")
-
+    results["runs"] = [scenario_row(name, noise, T, seeds) for T in lengths for name, noise in SCENARIOS.items()]
+    results["ablation"] = ablation_rows(seeds)
     fx = official_fixture_ablation()
     if fx is not None:
         results["official_fixture"] = fx
@@ -271,30 +245,83 @@ def main() -> int:
         for row in fx:
             print(f"  {row['terms']:<48} AbsRel {row['abs_rel']:.4f} (valid px {row['abs_rel_valid']:.5f})  ATE {row['ate']:.5f}  RPE-R {row['rpe_rot']:.4f}°  "
                   f"focal {row['focal_err_pct']:.3f}%")
+    results["speed"] = speed_figures(results["runs"], lengths, cli=not args.quick)
+    if args.long:
+        results["long_video"] = lv = long_video()
+        print(f"long video: {lv['frames']} frames at {lv['height']}×{lv['width']} ({lv['windows']} windows, zarr float16): "
+              f"{lv['seconds']:.1f} s ({lv['frames_per_s']:.0f} frames/s), peak RSS {lv['peak_rss_mib']:.0f} MiB "
+              f"(outputs alone {lv['outputs_mib']:.0f} MiB); AbsRel {lv['abs_rel']:.4f}, RPE-R {lv['rpe_rot']:.4f}°")
+    results["targets"] = checks = target_checks(results["runs"], results["speed"], lengths)
+    for c in checks:
+        print(f"  [{'ok' if c['ok'] else 'MISSED'}] {c['what']}: {c['value']:.4g}")
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.quick:
+        (out / "fusion.json").write_text(json.dumps(results, indent=2))
+        (out / "fusion.md").write_text(markdown(results))
+        print(f"wrote {out / 'fusion.json'} and {out / 'fusion.md'}")
+    return 0 if all(c["ok"] for c in checks) else 1
 
-    # Speed and scaling (noisy scenario, seed 0).
-    by = {(r["scenario"], r["frames"]): r for r in results["runs"] if r["scenario"] == "noisy"}
-    sp = results["speed"]
-    sp["fuse_48_s"] = by[("noisy", 48)]["seconds"]
+
+def scenario_row(name: str, noise: dict, T: int, seeds: list[int]) -> dict:
+    """One scenario at T frames: metrics averaged over the seeds (48 frames) or seed 0, with timings."""
+    per_seed, times, detect = [], [], []
+    for seed in (seeds if T == 48 else [0]):
+        gt, pred, starts, win = make_case(T, noise, seed)
+        res, dt = run_fuse(win, starts, T, {}, repeat=3 if T == 48 and seed == 0 else 1)
+        per_seed.append(evaluate(res, gt))
+        times.append(dt)
+        if noise.get("corrupt_windows"):
+            detect.append(res.diagnostics["flagged_starts"] == pred.corrupted_starts)
+    row = {"scenario": name, "frames": T, "seeds": len(per_seed), **mean_rows(per_seed),
+           "worst": {k: float(max(r[k] for r in per_seed) if k != "delta_1_25" else min(r[k] for r in per_seed))
+                     for k in KEYS},
+           "seconds": float(np.mean(times)), "frames_per_s": float(T / np.mean(times))}
+    if detect:
+        row["corrupted_detected"] = all(detect)
+    print(f"  {name:<9} T={T:<4} AbsRel {row['abs_rel']:.4f}  δ<1.25 {row['delta_1_25']:.3f}  "
+          f"ATE/path {row['ate_rel']:.2e}  RPE-T {row['rpe_trans']:.2e}  RPE-R {row['rpe_rot']:.4f}°  "
+          f"focal {row['focal_err_pct']:.3f}%  {row['seconds']:.2f} s  {row['frames_per_s']:.0f} fr/s"
+          + (f"  corrupted windows found: {row['corrupted_detected']}" if detect else ""))
+    return row
+
+
+def ablation_rows(seeds: list[int]) -> list[dict]:
+    """The noisy 48-frame scenario with each fusion term switched off in turn."""
+    print("ablation (noisy, 48 frames):")
+    rows = []
+    for label, cfg in ABLATION:
+        per_seed = []
+        for seed in seeds:
+            gt, pred, starts, win = make_case(48, SCENARIOS["noisy"], seed)
+            res, _ = run_fuse(win, starts, 48, cfg)
+            per_seed.append(evaluate(res, gt))
+        row = {"terms": label, "config": cfg, **mean_rows(per_seed)}
+        rows.append(row)
+        print(f"  {label:<20} AbsRel {row['abs_rel']:.4f}  δ<1.25 {row['delta_1_25']:.3f}  ATE/path {row['ate_rel']:.2e}  "
+              f"RPE-T {row['rpe_trans']:.2e}  RPE-R {row['rpe_rot']:.4f}°  focal {row['focal_err_pct']:.3f}%")
+    return rows
+
+
+def speed_figures(runs: list[dict], lengths: list[int], cli: bool) -> dict:
+    """Speed and scaling of the noisy scenario (seed 0), and the CLI's wall time."""
+    by = {(r["scenario"], r["frames"]): r for r in runs if r["scenario"] == "noisy"}
+    sp = {"fuse_48_s": by[("noisy", 48)]["seconds"]}
     if 192 in lengths:
         sp["ratio_192_over_48"] = by[("noisy", 192)]["seconds"] / by[("noisy", 48)]["seconds"]
     if 768 in lengths:
         sp["per_frame_ratio_768_over_48"] = (by[("noisy", 768)]["seconds"] / 768) / (by[("noisy", 48)]["seconds"] / 48)
-    if not args.quick:
+    if cli:
         gt, pred, starts, win = make_case(48, SCENARIOS["noisy"], 0)
         sp["cli_fuse_48_s"] = cli_time(win, starts, 48)
     print("speed: " + ", ".join(f"{k} {v:.2f}" for k, v in sp.items()))
+    return sp
 
-    if args.long:
-        lv = long_video()
-        results["long_video"] = lv
-        print(f"long video: {lv['frames']} frames at {lv['height']}×{lv['width']} ({lv['windows']} windows, zarr float16): "
-              f"{lv['seconds']:.1f} s ({lv['frames_per_s']:.0f} frames/s), peak RSS {lv['peak_rss_mib']:.0f} MiB "
-              f"(outputs alone {lv['outputs_mib']:.0f} MiB); AbsRel {lv['abs_rel']:.4f}, RPE-R {lv['rpe_rot']:.4f}°")
 
-    # Targets.
+def target_checks(runs: list[dict], sp: dict, lengths: list[int]) -> list[dict]:
+    """The accuracy, robustness and speed targets, each with its value and whether it is met."""
     checks = []
-    rows = {(r["scenario"], r["frames"]): r for r in results["runs"]}
+    rows = {(r["scenario"], r["frames"]): r for r in runs}
     for T in lengths:
         for scen, tg in TARGETS.items():
             for k, lim in tg.items():
@@ -316,20 +343,11 @@ def main() -> int:
         checks.append({"what": "time/frame at 768 ≤ 1.5× at 48", "value": v, "ok": v <= 1.5})
     if "cli_fuse_48_s" in sp:
         checks.append({"what": "geo4d fuse command, 48 frames < 10 s", "value": sp["cli_fuse_48_s"], "ok": sp["cli_fuse_48_s"] < 10})
-    results["targets"] = checks
-    for c in checks:
-        print(f"  [{'ok' if c['ok'] else 'MISSED'}] {c['what']}: {c['value']:.4g}")
-
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.quick:
-        (out / "fusion.json").write_text(json.dumps(results, indent=2))
-        (out / "fusion.md").write_text(markdown(results))
-        print(f"wrote {out / 'fusion.json'} and {out / 'fusion.md'}")
-    return 0 if all(c["ok"] for c in checks) else 1
+    return checks
 
 
 def markdown(r: dict) -> str:
+    """The results as benchmarks/results/fusion.md."""
     L = [f"# Fusion benchmark ({r['resolution'][0]}×{r['resolution'][1]}, synthetic predictor — a test instrument)", "",
          f"Machine: {r['machine']['cpu_count']} CPUs, {r['machine']['platform']}, Python {r['machine']['python']}. "
          "Metrics: `geo4d.metrics.reconstruction_metrics` (depth: one L1 scale+shift per video; poses: Sim(3)-aligned "

@@ -50,7 +50,7 @@ def main() -> int:
     t_render, r = _best(lambda: render(scene), args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
         t_video, _ = _best(lambda: write_video(Path(tmp) / "v.mp4", r.frames, fps=10), args.repeat)
-        t_gt_w, _ = _best(lambda: write_ground_truth(Path(tmp) / "v.gt", r), args.repeat)
+        t_gt_w, _ = _best(lambda: write_ground_truth(Path(tmp) / "v.gt", r.geometry), args.repeat)
         t_gt_r, gt = _best(lambda: read_ground_truth(Path(tmp) / "v.gt"), args.repeat)
     starts = window_starts(T)
     frames = np.zeros((16, H, W, 3), np.uint8)

@@ -8,8 +8,10 @@ from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
-from geo4d.sources import resolve_sources
+from geo4d.fusion import FusionConfig
+from pipeline.predictors import PredictorSpec, parse_predictor_spec
 from storage.manifest import write_manifest
+from storage.sources import resolve_sources
 from storage.store import Store
 from tasks.archive import reconstruct_one_task
 
@@ -18,8 +20,8 @@ from tasks.archive import reconstruct_one_task
 def reconstruct_archive(
     sources: list[str],
     store: str,
-    predictor: dict | None = None,
-    fusion: dict | None = None,
+    predictor: PredictorSpec | None = None,
+    fusion: FusionConfig | None = None,
     evaluate: bool = True,
     storage_options: dict | None = None,
     max_gpu_tasks: int | None = None,
@@ -31,7 +33,7 @@ def reconstruct_archive(
     ``STORE/manifest.parquet`` and a table artifact of per-video results. ``max_gpu_tasks`` bounds how
     many videos sample windows at once (the GPU stage); the CPU stages overlap with it.
     """
-    predictor = predictor or {"kind": "synthetic"}
+    predictor = parse_predictor_spec(predictor)
     entries = resolve_sources(sources)
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
     futures = [reconstruct_one_task.submit(asdict(e), store, predictor, fusion, evaluate, storage_options,

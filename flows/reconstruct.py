@@ -4,32 +4,33 @@ from __future__ import annotations
 
 from prefect import flow
 
-from geo4d.predictor import predictor_image_size
+from geo4d.fusion import FusionConfig
+from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE
+from pipeline.predictors import PredictorSpec, parse_predictor_spec, predictor_image_size
 from tasks.reconstruct import decode_task, evaluate_task, fuse_task, windows_task
-
-SYNTHETIC = {"kind": "synthetic"}
 
 
 @flow(name="reconstruct-video", log_prints=True)
 def reconstruct_video(
     video: str,
     store: str,
-    predictor: dict | None = None,
+    predictor: PredictorSpec | None = None,
     video_id: str | None = None,
     frame_stride: int = 1,
-    window_size: int = 16,
-    window_stride: int = 4,
-    fusion: dict | None = None,
+    window_size: int = WINDOW_SIZE,
+    window_stride: int = WINDOW_STRIDE,
+    fusion: FusionConfig | None = None,
     evaluate: bool = True,
     ground_truth: str | None = None,
     storage_options: dict | None = None,
 ) -> dict:
     """Reconstruct one video into ``store``; finished stages are skipped on a rerun.
 
-    ``predictor`` is a spec (see :func:`geo4d.predictor.predictor_from_spec`); the default is the
-    synthetic test instrument, which needs the video's ``.gt`` ground truth.
+    ``predictor`` is a spec (:mod:`pipeline.predictors`; a mapping is validated into one); the
+    default is the synthetic test instrument, which needs the video's ``.gt`` ground truth.
+    ``fusion`` is a :class:`geo4d.fusion.FusionConfig` (default: its defaults).
     """
-    predictor = predictor or SYNTHETIC
+    predictor = parse_predictor_spec(predictor)
     decoded = decode_task(video, store, video_id=video_id, size=predictor_image_size(predictor),
                           frame_stride=frame_stride, storage_options=storage_options)
     vid = decoded["video_id"]

@@ -1,7 +1,8 @@
 """The predictor interface: one window of frames in, the Geo4D modalities out.
 
-Implementations: :class:`geo4d.synthetic.SyntheticPredictor` (a test instrument built from ground
-truth) and :class:`geo4d_model.predictor.Geo4DPredictor` (the network).
+Implementations: :class:`geo4d.synthetic_predictor.SyntheticPredictor` (a test instrument built
+from ground truth) and :class:`geo4d_model.predictor.Geo4DPredictor` (the network); the factory that
+builds one from a spec is :func:`pipeline.predictors.predictor_from_spec`.
 """
 
 from __future__ import annotations
@@ -82,53 +83,3 @@ class WindowPredictor(abc.ABC):
     def parameters(self) -> dict:
         """Settings that change the predictions (recorded in the store's stage record)."""
         return {"name": self.name}
-
-
-def predictor_from_spec(spec: dict, video_path: str | None = None) -> WindowPredictor:
-    """Build a predictor from a small JSON-able spec (what flows pass between processes).
-
-    Kinds:
-        ``{"kind": "synthetic", "ground_truth": DIR | None, "noise": {...}, "seed": 0}`` — the
-        synthetic test instrument; ``ground_truth`` defaults to the ``<video>.gt`` directory beside
-        the video.
-        ``{"kind": "geo4d", "config": YAML, "checkpoint": CKPT, "pointmap_vae": CKPT, "device": "cpu",
-        "dtype": "float32", ...}`` — the Geo4D network (extra keys go to ``Geo4DPredictor.from_official``).
-    """
-    from geo4d.errors import InputError
-
-    kind = spec.get("kind")
-    if kind == "synthetic":
-        from geo4d.synthetic_predictor import SyntheticNoise, SyntheticPredictor
-        from storage.ground_truth import find_ground_truth, read_ground_truth
-
-        gt_dir = spec.get("ground_truth") or (find_ground_truth(video_path) if video_path else None)
-        if gt_dir is None:
-            raise InputError(
-                f"{video_path}: the synthetic predictor (a test instrument) needs ground truth; "
-                "no <video>.gt directory beside it"
-            )
-        return SyntheticPredictor(
-            read_ground_truth(gt_dir), noise=SyntheticNoise.from_dict(spec.get("noise") or {}), seed=int(spec.get("seed", 0))
-        )
-    if kind == "geo4d":
-        from geo4d_model.predictor import Geo4DPredictor
-
-        kwargs = {k: v for k, v in spec.items() if k not in ("kind", "config", "checkpoint", "pointmap_vae")}
-        if not kwargs.get("device"):
-            import torch
-
-            kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        return Geo4DPredictor.from_official(spec["config"], spec["checkpoint"], spec.get("pointmap_vae"), **kwargs)
-    raise InputError(f"predictor: unknown kind {kind!r} (expected 'synthetic' or 'geo4d')")
-
-
-def predictor_image_size(spec: dict) -> tuple[int, int] | None:
-    """The (H, W) a predictor spec wants frames at, without building the predictor.
-
-    The Geo4D network runs at one of its supported sizes (default 320×512); the synthetic
-    instrument works at the ground truth's own size (None: keep the decoded size).
-    """
-    if spec.get("kind") == "geo4d":
-        size = spec.get("image_size") or (320, 512)
-        return int(size[0]), int(size[1])
-    return None

@@ -5,8 +5,8 @@ A scene is a small analytic world: a textured ground plane enclosed by a skyline
 (infinite depth) above. A smooth camera path rotates (tens of degrees in total) and translates
 through it; the intrinsics are a known pinhole. :func:`render` ray-casts every pixel against the
 primitives in NumPy (no renderer library does analytic primitives with exact depth and motion masks
-this simply, so it is written here by hand) and returns frames with their exact depth, intrinsics,
-poses and dynamic masks.
+this simply, so it is written here by hand) and returns frames with their exact geometry (a
+:class:`geo4d.geometry.Geometry`: depth, valid mask, intrinsics, poses, dynamic masks).
 
 Conventions are those of :mod:`geo4d.cameras`: OpenCV axes, pixel centres at integer ``(u, v)``,
 ``world_from_cam`` maps camera points to the world, and the world frame is the camera frame of frame
@@ -17,7 +17,8 @@ Everything is deterministic per seed. Example::
 
     >>> from geo4d.synthetic import make_scene, render
     >>> r = render(make_scene(seed=0, n_frames=4, height=32, width=48))
-    >>> r.frames.shape, r.depth.dtype, bool((r.world_from_cam[0] == np.eye(4)).all())
+    >>> g = r.geometry
+    >>> r.frames.shape, g.depth.dtype, bool((g.world_from_cam[0] == np.eye(4)).all())
     ((4, 32, 48, 3), dtype('float32'), True)
 """
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from geo4d.cameras import check_shape, intrinsics_matrix, invert_pose, pixel_grid
 from geo4d.errors import InputError
+from geo4d.geometry import Geometry
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -142,41 +144,26 @@ class RenderedVideo:
 
     Attributes:
         frames: (T, H, W, 3) uint8 RGB.
-        depth: (T, H, W) float32 z-depth, ``+inf`` where sky.
-        intrinsics: (T, 3, 3) float64 pinhole ``K`` per frame.
-        world_from_cam: (T, 4, 4) float64 camera-to-world, ``world_from_cam[0] = I``.
-        dynamic_mask: (T, H, W) bool, True on pixels showing an independently moving object.
-        fps: frame rate the video is meant to play at.
+        geometry: the exact geometry: ``depth`` (T, H, W) float32 z-depth with ``+inf`` where sky,
+            ``valid`` = finite depth, ``intrinsics`` (T, 3, 3), ``world_from_cam`` (T, 4, 4) with
+            ``[0] = I``, ``dynamic_mask`` (T, H, W) bool (True on independently moving objects),
+            ``fps``, and ``meta`` (generator version, ``synthetic: True``, ``seed`` and the scene's
+            parameters under ``scene``; JSON-able). Sizes: ``geometry.n_frames/height/width``.
         seed: the scene seed.
-        meta: generator version and the scene's parameters (JSON-able).
     """
 
     frames: np.ndarray
-    depth: np.ndarray
-    intrinsics: np.ndarray
-    world_from_cam: np.ndarray
-    dynamic_mask: np.ndarray
-    fps: float
+    geometry: Geometry
     seed: int
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.depth.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.depth.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.depth.shape[2])
 
 
 # ---------------------------------------------------------------------------------------------
 # Random scene construction
 # ---------------------------------------------------------------------------------------------
+# The rotations are written out by hand: scipy's Rotation (via quaternions) differs from these in
+# the last bit of about a quarter of the entries, which would change every rendered scene.
 def _rot_x(a: np.ndarray | float) -> np.ndarray:
+    """Rotations (…, 3, 3) about the x axis by angles ``a`` (…) radians."""
     a = np.asarray(a, dtype=np.float64)
     c, s = np.cos(a), np.sin(a)
     R = np.zeros(a.shape + (3, 3))
@@ -186,6 +173,7 @@ def _rot_x(a: np.ndarray | float) -> np.ndarray:
 
 
 def _rot_y(a: np.ndarray | float) -> np.ndarray:
+    """Rotations (…, 3, 3) about the y axis by angles ``a`` (…) radians."""
     a = np.asarray(a, dtype=np.float64)
     c, s = np.cos(a), np.sin(a)
     R = np.zeros(a.shape + (3, 3))
@@ -195,6 +183,7 @@ def _rot_y(a: np.ndarray | float) -> np.ndarray:
 
 
 def _rot_z(a: np.ndarray | float) -> np.ndarray:
+    """Rotations (…, 3, 3) about the z axis by angles ``a`` (…) radians."""
     a = np.asarray(a, dtype=np.float64)
     c, s = np.cos(a), np.sin(a)
     R = np.zeros(a.shape + (3, 3))
@@ -213,6 +202,7 @@ def _axis_angle(axis: np.ndarray, angle: np.ndarray) -> np.ndarray:
 
 
 def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Rigid transforms (…, 4, 4) from rotations ``R`` (…, 3, 3) and translations ``t`` (…, 3)."""
     R = np.asarray(R, dtype=np.float64)
     t = np.asarray(t, dtype=np.float64)
     T = np.zeros(R.shape[:-2] + (4, 4))
@@ -224,6 +214,7 @@ def _pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
 
 def _material(rng: np.random.Generator, period: tuple[float, float], pattern: str | None = None,
               palette: str = "any") -> Material:
+    """A random :class:`Material` with a pattern period in ``period`` (``palette="earth"``: earthy hues)."""
     hue = rng.uniform(0, 1)
     if palette == "earth":
         hue = rng.uniform(0.05, 0.35)
@@ -243,6 +234,7 @@ def _material(rng: np.random.Generator, period: tuple[float, float], pattern: st
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
+    """(3,) RGB in [0, 1] of the colour with hue ``h``, saturation ``s`` and value ``v`` (all in [0, 1])."""
     i = int(h * 6) % 6
     f = h * 6 - int(h * 6)
     p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
@@ -284,25 +276,70 @@ def make_scene(
         >>> s.scene_from_cam.shape, len([p for p in s.primitives if p.dynamic])
         ((8, 4, 4), 3)
     """
+    _check_scene_args(seed=seed, n_frames=n_frames, height=height, width=width, fps=fps,
+                      n_static=n_static, n_dynamic=n_dynamic)
+    T, H, W = int(n_frames), int(height), int(width)
+    # The steps below draw from one stream in a fixed order: reordering them changes every scene.
+    rng = np.random.default_rng(int(seed))
+    params: dict = {"seed": int(seed), "n_frames": T, "height": H, "width": W, "fps": float(fps)}
+    K, params["intrinsics"] = _draw_intrinsics(rng, H, W)
+    f = params["intrinsics"]["fx"]
+    path = _draw_camera_path(rng, T, H, f)
+    params["camera"] = path.params
+    ground_y = float(rng.uniform(1.4, 1.8))
+    back_z = float(rng.uniform(18, 22))
+    side_x = float(rng.uniform(11, 14))
+    ground = _material(rng, (0.6, 1.4), pattern="checker", palette="earth")
+    prims = _draw_skyline(rng, T, ground_y, back_z, side_x)
+    prims += _draw_static_boxes(rng, T, ground_y, n_static)
+    prims += _draw_moving_objects(rng, path, float(np.arctan2(W / 2, f)), ground_y, n_dynamic)
+    lattice = rng.uniform(0.0, 1.0, size=(_NOISE_LATTICE, _NOISE_LATTICE))
+    sun = np.array([0.45, -1.0, -0.35])
+    sun /= np.linalg.norm(sun)
+    params.update({"ground_y": ground_y, "back_z": back_z, "side_x": side_x,
+                   "n_static": int(n_static), "n_dynamic": int(n_dynamic)})
+    return SyntheticScene(
+        seed=int(seed), n_frames=T, height=H, width=W, fps=float(fps), K=K, scene_from_cam=path.scene_from_cam,
+        ground_y=ground_y, ground_extent=(-side_x, side_x, -8.0, back_z), ground=ground,
+        primitives=tuple(prims), noise_lattice=lattice, sun=sun, params=params,
+    )
+
+
+def _check_scene_args(*, seed, n_frames, height, width, fps, n_static, n_dynamic) -> None:
+    """Raise :class:`InputError` (one line naming the argument) unless the sizes/counts/seed are
+    integers in range and ``fps > 0``."""
     for name, v, lo in (("n_frames", n_frames, 1), ("height", height, 2), ("width", width, 2),
                         ("n_static", n_static, 0), ("n_dynamic", n_dynamic, 0), ("seed", seed, 0)):
         if int(v) != v or v < lo:
             raise InputError(f"synthetic scene: {name} must be an integer >= {lo}, got {v!r}")
     if not fps > 0:
         raise InputError(f"synthetic scene: fps must be > 0, got {fps!r}")
-    T, H, W = int(n_frames), int(height), int(width)
-    rng = np.random.default_rng(int(seed))
-    params: dict = {"seed": int(seed), "n_frames": T, "height": H, "width": W, "fps": float(fps)}
 
-    # Intrinsics.
+
+def _draw_intrinsics(rng: np.random.Generator, H: int, W: int) -> tuple[np.ndarray, dict]:
+    """(3, 3) pinhole ``K`` (``fx = fy`` in [0.8, 1.2]·W, principal point within 2 % of the centre)
+    and its values ``{"fx", "fy", "cx", "cy"}`` for the record."""
     f = rng.uniform(0.8, 1.2) * W
     cx = (W - 1) / 2 + rng.uniform(-0.02, 0.02) * W
     cy = (H - 1) / 2 + rng.uniform(-0.02, 0.02) * H
-    K = intrinsics_matrix(f, f, cx, cy)
-    params["intrinsics"] = {"fx": f, "fy": f, "cx": cx, "cy": cy}
+    return intrinsics_matrix(f, f, cx, cy), {"fx": f, "fy": f, "cx": cx, "cy": cy}
 
-    # Camera path in the scene frame: yaw about the vertical, small pitch/roll wobble, smooth
-    # forward/sideways translation. s runs 0 → 1 over the video.
+
+@dataclass(frozen=True)
+class _CameraPath:
+    """A drawn camera path: ``s`` (T,) time 0 → 1, ``yaw`` (T,) radians, ``centre`` (T, 3) and
+    ``scene_from_cam`` (T, 4, 4) in the scene frame, ``params`` its amplitudes (JSON-able)."""
+
+    s: np.ndarray
+    yaw: np.ndarray
+    centre: np.ndarray
+    scene_from_cam: np.ndarray
+    params: dict
+
+
+def _draw_camera_path(rng: np.random.Generator, T: int, H: int, f: float) -> _CameraPath:
+    """The camera path over ``T`` frames (focal length ``f`` px, image height ``H``): yaw about the
+    vertical, small pitch/roll wobble, smooth forward/sideways translation."""
     s = np.linspace(0.0, 1.0, T) if T > 1 else np.zeros(1)
     ease = 0.5 - 0.5 * np.cos(np.pi * s)
     yaw_total = np.radians(rng.uniform(15, 35)) * rng.choice([-1, 1])
@@ -323,81 +360,108 @@ def make_scene(
     # then tilt about the camera's x axis (R_x(-tilt) moves the optical axis towards +y: down),
     # then roll about the optical axis.
     R = _rot_y(yaw) @ _rot_x(-tilt) @ _rot_z(roll)
-    scene_from_cam = _pose(R, centre)
-    params["camera"] = {"yaw_total_deg": float(np.degrees(yaw_total)), "tilt_down_deg": float(np.degrees(tilt0)),
-                        "forward": fwd, "lateral": lat}
+    params = {"yaw_total_deg": float(np.degrees(yaw_total)), "tilt_down_deg": float(np.degrees(tilt0)),
+              "forward": fwd, "lateral": lat}
+    return _CameraPath(s=s, yaw=yaw, centre=centre, scene_from_cam=_pose(R, centre), params=params)
 
-    ground_y = float(rng.uniform(1.4, 1.8))
-    back_z = float(rng.uniform(18, 22))
-    side_x = float(rng.uniform(11, 14))
-    ground = _material(rng, (0.6, 1.4), pattern="checker", palette="earth")
-    prims: list[Primitive] = []
 
-    def static(kind, size, centre_xyz, yaw_rad, mat, name):
-        P = _pose(_rot_y(yaw_rad), centre_xyz)
-        prims.append(Primitive(kind, np.asarray(size, float), np.broadcast_to(P, (T, 4, 4)), mat, False, name))
+def _static(T: int, kind: str, size, centre_xyz, yaw_rad: float, mat: Material, name: str) -> Primitive:
+    """A static primitive yawed by ``yaw_rad`` about the vertical at ``centre_xyz`` (its pose
+    broadcast to (T, 4, 4))."""
+    P = _pose(_rot_y(yaw_rad), centre_xyz)
+    return Primitive(kind, np.asarray(size, float), np.broadcast_to(P, (T, 4, 4)), mat, False, name)
 
-    # Skyline: the back wall and two side walls, each a row of adjacent boxes of random heights.
-    # Heights keep their tops a few degrees above the horizon at most (sky stays visible).
+
+def _draw_skyline(rng: np.random.Generator, T: int, ground_y: float, back_z: float, side_x: float) -> list[Primitive]:
+    """The back wall (6 boxes) and two side walls (4 boxes each), rows of adjacent boxes of random
+    heights whose tops stay a few degrees above the horizon at most (sky stays visible)."""
+    prims = []
     n_back = 6
     xs = np.linspace(-side_x, side_x, n_back + 1)
     for i in range(n_back):
         h = rng.uniform(2.0, 4.0)
-        static("box", (0.5 * (xs[i + 1] - xs[i]), h / 2, 0.6), (0.5 * (xs[i] + xs[i + 1]), ground_y - h / 2, back_z + 0.6),
-               0.0, _material(rng, (0.5, 1.5)), f"building-back-{i}")
+        prims.append(_static(T, "box", (0.5 * (xs[i + 1] - xs[i]), h / 2, 0.6),
+                             (0.5 * (xs[i] + xs[i + 1]), ground_y - h / 2, back_z + 0.6),
+                             0.0, _material(rng, (0.5, 1.5)), f"building-back-{i}"))
     for side in (-1, 1):
         zs = np.linspace(-8.0, back_z, 5)
         for i in range(4):
             h = rng.uniform(1.5, 3.0)
-            static("box", (0.6, h / 2, 0.5 * (zs[i + 1] - zs[i])), (side * (side_x + 0.6), ground_y - h / 2, 0.5 * (zs[i] + zs[i + 1])),
-                   0.0, _material(rng, (0.5, 1.5)), f"building-{'left' if side < 0 else 'right'}-{i}")
+            prims.append(_static(T, "box", (0.6, h / 2, 0.5 * (zs[i + 1] - zs[i])),
+                                 (side * (side_x + 0.6), ground_y - h / 2, 0.5 * (zs[i] + zs[i + 1])),
+                                 0.0, _material(rng, (0.5, 1.5)), f"building-{'left' if side < 0 else 'right'}-{i}"))
+    return prims
+
+
+def _draw_static_boxes(rng: np.random.Generator, T: int, ground_y: float, n_static: int) -> list[Primitive]:
+    """``n_static`` boxes standing on the ground 8–16 units ahead, randomly sized and yawed."""
+    prims = []
     for i in range(n_static):
         half = rng.uniform(0.4, 1.4, size=3)
         c = (rng.uniform(-7, 7), ground_y - half[1], rng.uniform(8, 16))
-        static("box", half, c, rng.uniform(0, np.pi / 2), _material(rng, (0.25, 0.8)), f"box-{i}")
+        prims.append(_static(T, "box", half, c, rng.uniform(0, np.pi / 2), _material(rng, (0.25, 0.8)), f"box-{i}"))
+    return prims
 
-    # Moving objects: alternately a rolling (possibly bouncing) sphere and a spinning box.
-    mid_i = (T - 1) // 2
-    yaw_mid = float(yaw[mid_i])
-    half_hfov = float(np.arctan2(W / 2, f))
+
+def _draw_moving_objects(rng: np.random.Generator, path: _CameraPath, half_hfov: float, ground_y: float,
+                         n_dynamic: int) -> list[Primitive]:
+    """``n_dynamic`` moving objects: alternately a rolling (possibly bouncing) sphere and a spinning
+    box, each in view at mid-video (``half_hfov``: half the horizontal field of view, radians)."""
+    mid_i = (len(path.s) - 1) // 2
+    yaw_mid = float(path.yaw[mid_i])
+    prims = []
     for i in range(n_dynamic):
         mat = _material(rng, (0.15, 0.5), pattern=str(rng.choice(["checker", "stripes"])))
-        heading = rng.uniform(-np.pi / 6, np.pi / 6) + (np.pi if rng.uniform() < 0.5 else 0.0)
-        heading += yaw_mid  # mostly across the camera's mid-video line of sight
-        direction = np.array([np.cos(heading), 0.0, -np.sin(heading)])
-        travel = rng.uniform(2.0, 5.0)
-        # in view at mid-video: 8–13 units from the camera, within ±60 % of the half field of view
-        bearing = yaw_mid + rng.uniform(-0.6, 0.6) * half_hfov
-        mid = centre[mid_i] + rng.uniform(8, 13) * np.array([np.sin(bearing), 0.0, np.cos(bearing)])
-        start = mid - 0.5 * travel * direction
-        pos = start[None] + (s * travel)[:, None] * direction[None]
+        direction, travel, pos = _draw_trajectory(rng, path.s, path.centre[mid_i], yaw_mid, half_hfov)
         if i % 2 == 0:
-            r = rng.uniform(0.5, 1.0)
-            bounce = rng.uniform(0.0, 1.2) if rng.uniform() < 0.5 else 0.0
-            pos[:, 1] = ground_y - r - bounce * np.abs(np.sin(np.pi * rng.integers(1, 4) * s))
-            axis = np.cross([0.0, -1.0, 0.0], direction)  # rolling: about the horizontal axis ⟂ motion
-            axis /= np.linalg.norm(axis)
-            Rm = _axis_angle(axis, s * travel / r)
-            size = np.full(3, r)
             kind = "sphere"
+            size, Rm, pos[:, 1] = _draw_rolling_sphere(rng, path.s, direction, travel, ground_y)
         else:
-            size = rng.uniform(0.35, 0.8, size=3)
-            pos[:, 1] = ground_y - size[1]
-            spin = np.radians(rng.uniform(30, 120)) * rng.choice([-1, 1])
-            Rm = _rot_y(rng.uniform(0, np.pi) + spin * s)
             kind = "box"
+            size, Rm, pos[:, 1] = _draw_spinning_box(rng, path.s, ground_y)
         prims.append(Primitive(kind, size, _pose(Rm, pos), mat, True, f"moving-{kind}-{i}"))
+    return prims
 
-    lattice = rng.uniform(0.0, 1.0, size=(_NOISE_LATTICE, _NOISE_LATTICE))
-    sun = np.array([0.45, -1.0, -0.35])
-    sun /= np.linalg.norm(sun)
-    params.update({"ground_y": ground_y, "back_z": back_z, "side_x": side_x,
-                   "n_static": int(n_static), "n_dynamic": int(n_dynamic)})
-    return SyntheticScene(
-        seed=int(seed), n_frames=T, height=H, width=W, fps=float(fps), K=K, scene_from_cam=scene_from_cam,
-        ground_y=ground_y, ground_extent=(-side_x, side_x, -8.0, back_z), ground=ground,
-        primitives=tuple(prims), noise_lattice=lattice, sun=sun, params=params,
-    )
+
+def _draw_trajectory(rng: np.random.Generator, s: np.ndarray, centre_mid: np.ndarray, yaw_mid: float,
+                     half_hfov: float) -> tuple[np.ndarray, float, np.ndarray]:
+    """A straight horizontal path mostly across the camera's mid-video line of sight, passing 8–13
+    units from the camera (``centre_mid`` (3,)) within ±60 % of the half field of view.
+
+    Returns:
+        ``direction`` (3,) unit, ``travel`` (its length, 2–5 units) and positions (T, 3) over ``s``
+        (T,) (their y is set by the caller).
+    """
+    heading = rng.uniform(-np.pi / 6, np.pi / 6) + (np.pi if rng.uniform() < 0.5 else 0.0)
+    heading += yaw_mid
+    direction = np.array([np.cos(heading), 0.0, -np.sin(heading)])
+    travel = rng.uniform(2.0, 5.0)
+    bearing = yaw_mid + rng.uniform(-0.6, 0.6) * half_hfov
+    mid = centre_mid + rng.uniform(8, 13) * np.array([np.sin(bearing), 0.0, np.cos(bearing)])
+    start = mid - 0.5 * travel * direction
+    pos = start[None] + (s * travel)[:, None] * direction[None]
+    return direction, travel, pos
+
+
+def _draw_rolling_sphere(rng: np.random.Generator, s: np.ndarray, direction: np.ndarray, travel: float,
+                         ground_y: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A sphere rolling along ``direction`` (sometimes bouncing): size (3,) = radius, rotations
+    (T, 3, 3) about the horizontal axis ⟂ motion, and its centre's y (T,) over ``s`` (T,)."""
+    r = rng.uniform(0.5, 1.0)
+    bounce = rng.uniform(0.0, 1.2) if rng.uniform() < 0.5 else 0.0
+    y = ground_y - r - bounce * np.abs(np.sin(np.pi * rng.integers(1, 4) * s))
+    axis = np.cross([0.0, -1.0, 0.0], direction)
+    axis /= np.linalg.norm(axis)
+    return np.full(3, r), _axis_angle(axis, s * travel / r), y
+
+
+def _draw_spinning_box(rng: np.random.Generator, s: np.ndarray, ground_y: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A box spinning about the vertical while it slides on the ground: half extents (3,), rotations
+    (T, 3, 3) and its centre's y (T,) over ``s`` (T,)."""
+    size = rng.uniform(0.35, 0.8, size=3)
+    y = np.full(len(s), ground_y - size[1])
+    spin = np.radians(rng.uniform(30, 120)) * rng.choice([-1, 1])
+    return size, _rot_y(rng.uniform(0, np.pi) + spin * s), y
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,6 +521,7 @@ def _value_noise(x: np.ndarray, y: np.ndarray, lattice: np.ndarray) -> np.ndarra
 
 
 def _fractal(x: np.ndarray, y: np.ndarray, lattice: np.ndarray, octaves: int = 3) -> np.ndarray:
+    """Fractal value noise in [0, 1] at (x, y) (same shapes): ``octaves`` octaves of halving amplitude."""
     total = np.zeros_like(x)
     amp, freq, norm = 1.0, 1.0, 0.0
     for k in range(octaves):
@@ -505,99 +570,132 @@ def render(scene: SyntheticScene) -> RenderedVideo:
     shaded with their procedural texture and a Lambertian sun plus ambient light.
 
     Returns:
-        :class:`RenderedVideo` with frames uint8 (T,H,W,3), depth float32 (T,H,W), intrinsics
-        (T,3,3), world_from_cam (T,4,4) and dynamic_mask bool (T,H,W).
+        :class:`RenderedVideo` with frames uint8 (T,H,W,3) and its ``geometry``: depth float32
+        (T,H,W), valid (T,H,W) = finite depth, intrinsics (T,3,3), world_from_cam (T,4,4),
+        dynamic_mask bool (T,H,W), fps and meta.
 
     Example:
-        >>> r = render(make_scene(1, n_frames=2, height=24, width=32))
-        >>> bool(np.isinf(r.depth[:, 0]).any()), bool(np.isfinite(r.depth[:, -1]).all())
+        >>> g = render(make_scene(1, n_frames=2, height=24, width=32)).geometry
+        >>> bool(np.isinf(g.depth[:, 0]).any()), bool(np.isfinite(g.depth[:, -1]).all())
         (True, True)
     """
     T, H, W = scene.n_frames, scene.height, scene.width
-    grid = pixel_grid(H, W).reshape(-1, 2)
-    pix = np.concatenate([grid, np.ones((H * W, 1))], axis=1)
-    rays_cam = pix @ np.linalg.inv(scene.K).T  # (N,3), z = 1
-    lat = scene.noise_lattice
+    rays_cam = _camera_rays(scene.K, H, W)
     frames = np.empty((T, H, W, 3), np.uint8)
     depth = np.empty((T, H, W), np.float32)
     dyn = np.zeros((T, H, W), bool)
-    gx0, gx1, gz0, gz1 = scene.ground_extent
     for i in range(T):
-        Rc = scene.scene_from_cam[i, :3, :3]
-        o = scene.scene_from_cam[i, :3, 3]
-        d = rays_cam @ Rc.T  # (N,3) scene frame
-        N = d.shape[0]
-        # Ground plane y = ground_y (normal pointing up, -y), bounded to the enclosed rectangle.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tg = (scene.ground_y - o[1]) / d[:, 1]
-        px = o[0] + tg * d[:, 0]
-        pz = o[2] + tg * d[:, 2]
-        tg = np.where((d[:, 1] > 0) & (tg > _EPS) & (px >= gx0) & (px <= gx1) & (pz >= gz0) & (pz <= gz1), tg, np.inf)
-        ts = [tg]
-        local = []  # per primitive: rays in its object frame
-        for p in scene.primitives:
-            P = p.scene_from_obj[i]
-            R = P[:3, :3]
-            ol = (o - P[:3, 3]) @ R  # Rᵀ(o - c)
-            dl = d @ R
-            local.append((ol, dl))
-            ts.append(_intersect_box(ol, dl, p.size) if p.kind == "box" else _intersect_sphere(ol, dl, float(p.size[0])))
-        tstack = np.stack(ts)  # (1+P, N)
-        which = np.argmin(tstack, axis=0)
-        t = tstack[which, np.arange(N)]
-        sky = ~np.isfinite(t)
-        col = np.empty((N, 3))
-        col[sky] = _sky(d[sky], lat)
-        normal = np.zeros((N, 3))
-        sel = (which == 0) & ~sky
-        if sel.any():
-            hx = o[0] + t[sel] * d[sel, 0]
-            hz = o[2] + t[sel] * d[sel, 2]
-            col[sel] = _texture(scene.ground, hx, hz, lat)
-            normal[sel] = (0.0, -1.0, 0.0)
-        dmask = np.zeros(N, bool)
-        for k, p in enumerate(scene.primitives, start=1):
-            sel = (which == k) & ~sky
-            if not sel.any():
-                continue
-            ol, dl = local[k - 1]
-            q = ol[None] + t[sel, None] * dl[sel]  # hit point in the object frame
-            R = p.scene_from_obj[i, :3, :3]
-            if p.kind == "box":
-                rel = np.abs(q) / p.size
-                ax = np.argmax(rel, axis=1)
-                nl = np.zeros_like(q)
-                nl[np.arange(len(q)), ax] = np.sign(q[np.arange(len(q)), ax])
-                # surface coordinates: the two in-face coordinates
-                uu = np.where(ax == 0, q[:, 2], q[:, 0])
-                vv = np.where(ax == 1, q[:, 2], q[:, 1])
-                uu = uu + 3.7 * ax  # different faces, different patches of noise
-            else:
-                r = float(p.size[0])
-                nl = q / r
-                uu = np.arctan2(nl[:, 0], nl[:, 2]) * r
-                vv = np.arcsin(np.clip(nl[:, 1], -1, 1)) * r
-            col[sel] = _texture(p.material, uu, vv, lat)
-            normal[sel] = nl @ R.T
-            if p.dynamic:
-                dmask[sel] = True
-        lit = ~sky
-        lam = np.clip(normal[lit] @ scene.sun, 0.0, 1.0)
-        col[lit] *= (0.5 + 0.55 * lam)[:, None]
-        frames[i] = np.clip(col * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(H, W, 3)
-        depth[i] = t.reshape(H, W).astype(np.float32)
-        dyn[i] = dmask.reshape(H, W)
-    meta = {"generator": GENERATOR_VERSION, "synthetic": True, "scene": scene.params}
-    return RenderedVideo(
-        frames=frames,
-        depth=depth,
-        intrinsics=np.repeat(scene.K[None], T, axis=0),
-        world_from_cam=scene.world_from_cam,
-        dynamic_mask=dyn,
-        fps=scene.fps,
-        seed=scene.seed,
-        meta=meta,
-    )
+        frames[i], depth[i], dyn[i] = _render_frame(scene, i, rays_cam)
+    meta = {"generator": GENERATOR_VERSION, "synthetic": True, "seed": scene.seed, "scene": scene.params}
+    geometry = Geometry.from_depth(depth, np.repeat(scene.K[None], T, axis=0), scene.world_from_cam,
+                                   dynamic_mask=dyn, fps=scene.fps, meta=meta)
+    return RenderedVideo(frames=frames, geometry=geometry, seed=scene.seed)
+
+
+def _camera_rays(K: np.ndarray, H: int, W: int) -> np.ndarray:
+    """(H·W, 3) camera-frame ray directions ``K⁻¹ [u, v, 1]ᵀ`` (z = 1) of every pixel, row-major."""
+    grid = pixel_grid(H, W).reshape(-1, 2)
+    pix = np.concatenate([grid, np.ones((H * W, 1))], axis=1)
+    return pix @ np.linalg.inv(K).T
+
+
+def _render_frame(scene: SyntheticScene, i: int, rays_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame ``i``: RGB (H, W, 3) uint8, z-depth (H, W) float32 (``+inf`` at sky) and dynamic mask
+    (H, W) bool, from the camera rays ``rays_cam`` (H·W, 3) of :func:`_camera_rays`."""
+    H, W = scene.height, scene.width
+    o = scene.scene_from_cam[i, :3, 3]
+    d = rays_cam @ scene.scene_from_cam[i, :3, :3].T  # (N,3) scene frame
+    which, t, local = _nearest_hits(scene, i, o, d)
+    col, normal, dmask = _surface_colours(scene, i, o, d, which, t, local)
+    lit = np.isfinite(t)
+    lam = np.clip(normal[lit] @ scene.sun, 0.0, 1.0)
+    col[lit] *= (0.5 + 0.55 * lam)[:, None]
+    frame = np.clip(col * 255.0 + 0.5, 0, 255).astype(np.uint8).reshape(H, W, 3)
+    return frame, t.reshape(H, W).astype(np.float32), dmask.reshape(H, W)
+
+
+def _ground_hit(scene: SyntheticScene, o: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(N,) ray parameter of rays ``o + t d`` (o (3,), d (N, 3), scene frame) on the ground plane
+    ``y = ground_y`` within the enclosed rectangle; inf = miss."""
+    gx0, gx1, gz0, gz1 = scene.ground_extent
+    with np.errstate(divide="ignore", invalid="ignore"):
+        tg = (scene.ground_y - o[1]) / d[:, 1]
+    px = o[0] + tg * d[:, 0]
+    pz = o[2] + tg * d[:, 2]
+    return np.where((d[:, 1] > 0) & (tg > _EPS) & (px >= gx0) & (px <= gx1) & (pz >= gz0) & (pz <= gz1), tg, np.inf)
+
+
+def _nearest_hits(scene: SyntheticScene, i: int, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray, list]:
+    """Nearest surface of rays ``o + t d`` (o (3,), d (N, 3), scene frame) at frame ``i``.
+
+    Returns:
+        ``which`` (N,) int: 0 = ground, k ≥ 1 = ``scene.primitives[k - 1]``; ``t`` (N,) its ray
+        parameter (inf = sky); ``local``: per primitive, the rays ``(origin (3,), directions (N, 3))``
+        in its object frame.
+    """
+    ts = [_ground_hit(scene, o, d)]
+    local = []
+    for p in scene.primitives:
+        P = p.scene_from_obj[i]
+        R = P[:3, :3]
+        ol = (o - P[:3, 3]) @ R  # Rᵀ(o - c)
+        dl = d @ R
+        local.append((ol, dl))
+        ts.append(_intersect_box(ol, dl, p.size) if p.kind == "box" else _intersect_sphere(ol, dl, float(p.size[0])))
+    tstack = np.stack(ts)  # (1+P, N)
+    which = np.argmin(tstack, axis=0)
+    return which, tstack[which, np.arange(d.shape[0])], local
+
+
+def _surface_colours(scene: SyntheticScene, i: int, o: np.ndarray, d: np.ndarray, which: np.ndarray,
+                     t: np.ndarray, local: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unlit colour (N, 3) of every ray's nearest surface (sky colour where ``t`` is inf), its
+    scene-frame normal (N, 3) (0 at sky) and the dynamic mask (N,) bool, from :func:`_nearest_hits`."""
+    lat = scene.noise_lattice
+    N = d.shape[0]
+    sky = ~np.isfinite(t)
+    col = np.empty((N, 3))
+    col[sky] = _sky(d[sky], lat)
+    normal = np.zeros((N, 3))
+    sel = (which == 0) & ~sky
+    if sel.any():
+        hx = o[0] + t[sel] * d[sel, 0]
+        hz = o[2] + t[sel] * d[sel, 2]
+        col[sel] = _texture(scene.ground, hx, hz, lat)
+        normal[sel] = (0.0, -1.0, 0.0)
+    dmask = np.zeros(N, bool)
+    for k, p in enumerate(scene.primitives, start=1):
+        sel = (which == k) & ~sky
+        if not sel.any():
+            continue
+        ol, dl = local[k - 1]
+        q = ol[None] + t[sel, None] * dl[sel]  # hit point in the object frame
+        nl, uu, vv = _primitive_surface(p, q)
+        col[sel] = _texture(p.material, uu, vv, lat)
+        normal[sel] = nl @ p.scene_from_obj[i, :3, :3].T
+        if p.dynamic:
+            dmask[sel] = True
+    return col, normal, dmask
+
+
+def _primitive_surface(p: Primitive, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Object-frame normals (M, 3) and surface coordinates ``u, v`` (M,) (scene units) of hit points
+    ``q`` (M, 3) on primitive ``p`` (in its object frame)."""
+    if p.kind == "box":
+        rel = np.abs(q) / p.size
+        ax = np.argmax(rel, axis=1)
+        nl = np.zeros_like(q)
+        nl[np.arange(len(q)), ax] = np.sign(q[np.arange(len(q)), ax])
+        # surface coordinates: the two in-face coordinates
+        uu = np.where(ax == 0, q[:, 2], q[:, 0])
+        vv = np.where(ax == 1, q[:, 2], q[:, 1])
+        uu = uu + 3.7 * ax  # different faces, different patches of noise
+        return nl, uu, vv
+    r = float(p.size[0])
+    nl = q / r
+    uu = np.arctan2(nl[:, 0], nl[:, 2]) * r
+    vv = np.arcsin(np.clip(nl[:, 1], -1, 1)) * r
+    return nl, uu, vv
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,15 +28,21 @@ For pixel ``p`` of frame ``i`` in the window starting at ``s`` (``ref = camera s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
 
 from geo4d.cameras import invert_pose, transform_points, unproject_depth
 from geo4d.errors import InputError
+from geo4d.geometry import Geometry
 from geo4d.plucker import plucker_rays
 from geo4d.predictor import WindowPrediction, WindowPredictor
+from geo4d.spec import Spec
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, window_starts
 
 __all__ = ["SyntheticNoise", "SyntheticPredictor", "SYNTHETIC_NAME"]
@@ -47,9 +53,12 @@ SYNTHETIC_NAME = "synthetic (test instrument: predictions derived from ground tr
 SCALE_RANGE = (0.3, 3.0)
 
 
-@dataclass(frozen=True)
-class SyntheticNoise:
+class SyntheticNoise(Spec):
     """Noise settings of the synthetic predictor (all zero/False = clean predictions).
+
+    A :class:`geo4d.spec.Spec`: frozen; build it from a mapping with :meth:`SyntheticNoise.parse`
+    (one-line :class:`InputError` naming an unknown key and the allowed ones, or the field out of
+    range).
 
     Attributes:
         depth_noise: relative std of a smooth multiplicative depth field ``n = exp(σ f)`` (``f`` a
@@ -68,47 +77,44 @@ class SyntheticNoise:
             applied to the points and rays of every frame after the first of a corrupted window.
         pointmap_z_offset: subtract an unknown z offset from the point map like the network's
             de-normalised maps (``z_off`` = 2nd percentile of the window's valid z − 0.01).
+
+    Example:
+        >>> SyntheticNoise.parse({"depth_noise": 0.05}).depth_noise
+        0.05
     """
 
-    depth_noise: float = 0.0
-    depth_noise_cells: float = 4.0
-    pose_jitter_deg: float = 0.0
-    pose_jitter_trans: float = 0.0
-    corrupt_windows: int = 0
-    corrupt_deg: float = 15.0
-    pointmap_z_offset: bool = False
+    depth_noise: float = Field(0.0, ge=0, allow_inf_nan=False, description="relative std of the depth noise")
+    depth_noise_cells: float = Field(4.0, ge=1, allow_inf_nan=False, description="cells of the noise field")
+    pose_jitter_deg: float = Field(0.0, ge=0, allow_inf_nan=False, description="rotation jitter std, degrees")
+    pose_jitter_trans: float = Field(0.0, ge=0, allow_inf_nan=False, description="centre jitter std / median depth")
+    corrupt_windows: int = Field(0, ge=0, description="windows predicted with a wrong rotation")
+    corrupt_deg: float = Field(15.0, ge=0, allow_inf_nan=False, description="the wrong rotation's angle, degrees")
+    pointmap_z_offset: bool = Field(False, description="subtract an unknown z offset from the point map")
 
-    def __post_init__(self) -> None:
-        for name in ("depth_noise", "pose_jitter_deg", "pose_jitter_trans", "corrupt_deg"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-                raise InputError(f"synthetic noise: {name} must be a number >= 0, got {v!r}")
-        if not (isinstance(self.depth_noise_cells, (int, float)) and self.depth_noise_cells >= 1):
-            raise InputError(f"synthetic noise: depth_noise_cells must be >= 1, got {self.depth_noise_cells!r}")
-        if int(self.corrupt_windows) != self.corrupt_windows or self.corrupt_windows < 0:
-            raise InputError(f"synthetic noise: corrupt_windows must be an integer >= 0, got {self.corrupt_windows!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> SyntheticNoise:
-        """Build from a JSON-able dict, with a one-line error naming unknown keys."""
-        d = dict(d or {})
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"synthetic noise: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
+@dataclass(frozen=True)
+class _Gauges:
+    """The unknown per-window gauges: point-map scale, ray-moment scale, and the disparity map's
+    factor ``a_factor`` (times 1 / inverse-depth range) and shift ``b_shift``."""
+
+    s_pm: float
+    s_ray: float
+    a_factor: float
+    b_shift: float
 
 
 class SyntheticPredictor(WindowPredictor):
     """Window predictions made from ground truth — a test instrument, not a model.
 
     Args:
-        ground_truth: a :class:`storage.ground_truth.GroundTruth` or
-            :class:`geo4d.synthetic.RenderedVideo` (anything with ``depth`` (T,H,W) with +inf at sky,
-            ``intrinsics`` (T,3,3), ``world_from_cam`` (T,4,4) and ``dynamic_mask`` (T,H,W)).
-        noise: :class:`SyntheticNoise` (or a dict of its fields); default clean.
+        ground_truth: the exact :class:`geo4d.geometry.Geometry` of the video (e.g.
+            ``render(...).geometry`` or :func:`storage.ground_truth.read_ground_truth`); pixels where
+            ``valid`` is False (sky) are predicted invalid. A missing ``dynamic_mask`` means none.
+        noise: :class:`SyntheticNoise` (or a mapping of its fields); default clean.
         seed: seeds the gauges, the noise and the choice of corrupted windows.
         window_size, stride: the window layout used to choose the corrupted windows.
+        source: where the ground truth came from (its directory), for messages and
+            :meth:`parameters`; default "in-memory ground truth".
 
     Attributes:
         gauges: ``{start: {...}}`` for every window predicted so far: ``s_pm``, ``s_ray``,
@@ -120,9 +126,9 @@ class SyntheticPredictor(WindowPredictor):
 
     Example:
         >>> from geo4d.synthetic import make_scene, render
-        >>> gt = render(make_scene(0, n_frames=16, height=16, width=24))
-        >>> p = SyntheticPredictor(gt, seed=1).predict_window(gt.frames, 0)
-        >>> p.pointmap.shape, float(p.pointmap_conf[gt.depth[:16] == np.inf].max())
+        >>> r = render(make_scene(0, n_frames=16, height=16, width=24))
+        >>> p = SyntheticPredictor(r.geometry, seed=1).predict_window(r.frames, 0)
+        >>> p.pointmap.shape, float(p.pointmap_conf[~r.geometry.valid].max())
         ((16, 16, 24, 3), 0.0)
     """
 
@@ -135,38 +141,35 @@ class SyntheticPredictor(WindowPredictor):
     )
     image_size = None  # the ground truth's resolution
 
-    def __init__(self, ground_truth: Any, noise: SyntheticNoise | dict | None = None, seed: int = 0,
-                 window_size: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE) -> None:
-        depth = np.asarray(ground_truth.depth)
-        if depth.ndim != 3:
-            raise InputError(f"synthetic predictor: ground-truth depth must be (T, H, W), got {depth.shape}")
-        T, H, W = depth.shape
-        K = np.asarray(ground_truth.intrinsics, dtype=np.float64)
-        P = np.asarray(ground_truth.world_from_cam, dtype=np.float64)
-        dyn = np.asarray(ground_truth.dynamic_mask, dtype=bool)
-        for what, arr, shape in (("intrinsics", K, (T, 3, 3)), ("world_from_cam", P, (T, 4, 4)),
-                                 ("dynamic_mask", dyn, (T, H, W))):
-            if arr.shape != shape:
-                raise InputError(f"synthetic predictor: ground-truth {what} must be {shape}, got {arr.shape}")
-        if isinstance(noise, dict):
-            noise = SyntheticNoise.from_dict(noise)
-        self.noise = noise or SyntheticNoise()
+    def __init__(self, ground_truth: Geometry, noise: SyntheticNoise | Mapping[str, Any] | None = None,
+                 seed: int = 0, window_size: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE, *,
+                 source: str | os.PathLike | None = None) -> None:
+        if not isinstance(ground_truth, Geometry):
+            raise InputError(
+                f"synthetic predictor: ground truth must be a geo4d.geometry.Geometry, got {type(ground_truth).__name__}"
+            )
+        T, H, W = ground_truth.depth.shape
+        self._valid = np.asarray(ground_truth.valid, dtype=bool)
+        # +inf wherever not valid, whatever the producer's marker there
+        self._depth = np.where(self._valid, ground_truth.depth, np.inf).astype(np.asarray(ground_truth.depth).dtype)
+        self._K = np.asarray(ground_truth.intrinsics, dtype=np.float64)
+        self._world_from_cam = np.asarray(ground_truth.world_from_cam, dtype=np.float64)
+        dyn = ground_truth.dynamic_mask
+        self._dynamic = np.zeros((T, H, W), bool) if dyn is None else np.asarray(dyn, dtype=bool)
+        self.noise = SyntheticNoise.parse(noise, what="synthetic noise")
         if int(seed) != seed or seed < 0:
             raise InputError(f"synthetic predictor: seed must be an integer >= 0, got {seed!r}")
         self.seed = int(seed)
         self.window_size = int(window_size)
         self.stride = int(stride)
-        self._depth = depth
-        self._K = K
-        self._world_from_cam = P
-        self._dynamic = dyn
-        self._source = str(getattr(ground_truth, "path", None) or "in-memory ground truth")
+        self._source = str(Path(source)) if source is not None else "in-memory ground truth"
         self.n_frames, self.height, self.width = T, H, W
         self.gauges: dict[int, dict] = {}
         self.corrupted_starts = self._choose_corrupted()
 
     # -- set-up ----------------------------------------------------------------------------
     def _choose_corrupted(self) -> list[int]:
+        """Sorted starts of the ``noise.corrupt_windows`` windows that get a wrong rotation."""
         n = int(self.noise.corrupt_windows)
         if n == 0:
             return []
@@ -182,12 +185,13 @@ class SyntheticPredictor(WindowPredictor):
         return sorted(int(s) for s in rng.choice(starts, size=n, replace=False))
 
     def parameters(self) -> dict:
+        """What determines the predictions (JSON-able; enters the windows fingerprint)."""
         return {
             "name": self.name,
             "kind": "synthetic",
             "test_instrument": True,
             "seed": self.seed,
-            "noise": asdict(self.noise),
+            "noise": self.noise.fingerprint_dict(),
             "window_size": self.window_size,
             "stride": self.stride,
             "corrupted_starts": list(self.corrupted_starts),
@@ -202,96 +206,33 @@ class SyntheticPredictor(WindowPredictor):
             frames: (V, H, W, 3) frames at the ground truth's resolution.
             start: index of the window's first frame.
 
+        Returns:
+            float32 point map (V,H,W,3), confidence (V,H,W), ray directions and moments (V,H,W,3)
+            and disparity (V,H,W); the gauges used are recorded in ``self.gauges[start]``.
+
         Raises:
             InputError: frames of another size than the ground truth, or a window past its end.
         """
-        frames = np.asarray(frames)
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise InputError(f"synthetic predictor: frames must be (V, H, W, 3), got {frames.shape}")
-        V, H, W = frames.shape[:3]
-        if (H, W) != (self.height, self.width):
-            raise InputError(
-                f"synthetic predictor: frames are {W}×{H} (W×H) but its ground truth ({self._source}) is "
-                f"{self.width}×{self.height}; decode the video at the ground truth's size"
-            )
-        start = int(start)
-        if V < 1 or start < 0 or start + V > self.n_frames:
-            raise InputError(
-                f"synthetic predictor: window {start}…{start + V - 1} lies outside the ground truth's "
-                f"{self.n_frames} frames ({self._source})"
-            )
-        nz = self.noise
+        V, start = self._check_window(frames, start)
         idx = slice(start, start + V)
         depth = self._depth[idx].astype(np.float64)
-        valid = np.isfinite(depth) & (depth > 0)
+        valid = self._valid[idx]
         K = self._K[idx]
-
-        # Gauges: their own random stream, so that noise settings never change them.
-        g = np.random.default_rng([self.seed, start, 0])
-        log_lo, log_hi = np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1])
-        s_pm = float(np.exp(g.uniform(log_lo, log_hi)))
-        s_ray = float(np.exp(g.uniform(log_lo, log_hi)))
-        a_factor = float(np.exp(g.uniform(-0.3, 0.3)))
-        b_shift = float(g.uniform(-0.1, 0.1))
-
+        gauges = self._draw_gauges(start)
+        # Noise: its own stream, drawn in this order (depth field, then pose jitter).
         rng = np.random.default_rng([self.seed, start, 1])
-        # Smooth multiplicative depth noise, one field per frame.
-        factor = np.ones_like(depth)
-        if nz.depth_noise > 0:
-            factor = np.exp(nz.depth_noise * _smooth_fields(rng, V, H, W, nz.depth_noise_cells))
+        factor = self._depth_factor(rng, V)
         depth_n = np.where(valid, depth * factor, np.inf)
-
-        # Poses of the window in its reference frame, then jitter and corruption (frames > first).
-        ref_from_cam = invert_pose(self._world_from_cam[start])[None] @ self._world_from_cam[idx]
-        ref_from_cam[0] = np.eye(4)
-        if nz.pose_jitter_deg > 0 or nz.pose_jitter_trans > 0:
-            med = float(np.median(depth[0][valid[0]])) if valid[0].any() else 1.0
-            for i in range(1, V):
-                Rj = _random_rotation(rng, nz.pose_jitter_deg)
-                ref_from_cam[i, :3, :3] = ref_from_cam[i, :3, :3] @ Rj
-                ref_from_cam[i, :3, 3] += rng.normal(0.0, nz.pose_jitter_trans * med, size=3)
-        corrupted = start in self.corrupted_starts
-        axis = None
-        if corrupted:
-            c = np.random.default_rng([self.seed, start, 2])
-            axis = c.normal(size=3)
-            axis /= np.linalg.norm(axis)
-            Rc = np.eye(4)
-            Rc[:3, :3] = _rotation(axis, np.radians(nz.corrupt_deg))
-            ref_from_cam[1:] = Rc[None] @ ref_from_cam[1:]
-
-        # Point map in the reference frame.
-        pts_cam = unproject_depth(np.where(valid, depth_n, 0.0), K)
-        pts = transform_points(ref_from_cam, pts_cam)
-        z_off = 0.0
-        if nz.pointmap_z_offset and valid.any():
-            z_off = float(np.percentile(pts[..., 2][valid], 2.0) - 0.01)
-            pts[..., 2] -= z_off
-        pointmap = np.where(valid[..., None], s_pm * pts, 0.0)
-
-        # Confidence: ~1–8, lower far away, on moving objects and at depth edges; 0 = invalid (sky).
-        conf = 8.0 / (1.0 + depth_n / 20.0)
-        conf = np.where(self._dynamic[idx], 0.35 * conf, conf)
-        conf = np.where(_depth_edges(depth), 0.35 * conf, conf)
-        conf = np.where(valid, conf, 0.0)
-
-        # Plücker rays of the same cameras; moment scaled by its own gauge.
-        ray_dir, ray_moment = plucker_rays(ref_from_cam, K, H, W)
-        ray_moment = s_ray * ray_moment
-
-        # Disparity: an affine map of inverse depth, normalised roughly to [0, 1] like the network's.
-        inv = np.where(valid, 1.0 / depth_n, 0.0)
-        if valid.any():
-            lo, hi = np.percentile(inv[valid], [2.0, 98.0])
-        else:
-            lo, hi = 0.0, 1.0
-        disp_a = a_factor / max(hi - lo, 1e-6)
-        disp_b = -disp_a * lo + b_shift
-        disparity = np.where(valid, disp_a * inv + disp_b, 0.0)
-
+        ref_from_cam = self._jittered_poses(rng, start, V, depth, valid)
+        corrupted, axis = self._corrupt(start, ref_from_cam)
+        pointmap, z_off = _pointmap(depth_n, valid, K, ref_from_cam, gauges.s_pm, self.noise.pointmap_z_offset)
+        conf = _confidence(depth, depth_n, valid, self._dynamic[idx])
+        ray_dir, ray_moment = plucker_rays(ref_from_cam, K, self.height, self.width)
+        ray_moment = gauges.s_ray * ray_moment  # moment scaled by its own gauge
+        disparity, disp_a, disp_b = _disparity(depth_n, valid, gauges.a_factor, gauges.b_shift)
         self.gauges[start] = {
-            "s_pm": s_pm,
-            "s_ray": s_ray,
+            "s_pm": gauges.s_pm,
+            "s_ray": gauges.s_ray,
             "disp_a": float(disp_a),
             "disp_b": float(disp_b),
             "pm_z_offset": z_off,
@@ -309,8 +250,111 @@ class SyntheticPredictor(WindowPredictor):
             disparity=disparity.astype(f32),
         )
 
+    def _check_window(self, frames: np.ndarray, start: int) -> tuple[int, int]:
+        """``(V, start)`` of a window of frames (V, H, W, 3); InputError unless they have the ground
+        truth's size and ``start … start+V−1`` lies inside it."""
+        frames = np.asarray(frames)
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise InputError(f"synthetic predictor: frames must be (V, H, W, 3), got {frames.shape}")
+        V, H, W = frames.shape[:3]
+        if (H, W) != (self.height, self.width):
+            raise InputError(
+                f"synthetic predictor: frames are {W}×{H} (W×H) but its ground truth ({self._source}) is "
+                f"{self.width}×{self.height}; decode the video at the ground truth's size"
+            )
+        start = int(start)
+        if V < 1 or start < 0 or start + V > self.n_frames:
+            raise InputError(
+                f"synthetic predictor: window {start}…{start + V - 1} lies outside the ground truth's "
+                f"{self.n_frames} frames ({self._source})"
+            )
+        return V, start
+
+    def _draw_gauges(self, start: int) -> _Gauges:
+        """The window's gauges, from their own random stream so that noise settings never change them."""
+        g = np.random.default_rng([self.seed, start, 0])
+        log_lo, log_hi = np.log(SCALE_RANGE[0]), np.log(SCALE_RANGE[1])
+        s_pm = float(np.exp(g.uniform(log_lo, log_hi)))
+        s_ray = float(np.exp(g.uniform(log_lo, log_hi)))
+        a_factor = float(np.exp(g.uniform(-0.3, 0.3)))
+        b_shift = float(g.uniform(-0.1, 0.1))
+        return _Gauges(s_pm, s_ray, a_factor, b_shift)
+
+    def _depth_factor(self, rng: np.random.Generator, V: int) -> np.ndarray:
+        """(V, H, W) float64 smooth multiplicative depth noise, one field per frame (ones when clean)."""
+        nz = self.noise
+        if nz.depth_noise > 0:
+            return np.exp(nz.depth_noise * _smooth_fields(rng, V, self.height, self.width, nz.depth_noise_cells))
+        return np.ones((V, self.height, self.width))
+
+    def _jittered_poses(self, rng: np.random.Generator, start: int, V: int, depth: np.ndarray,
+                        valid: np.ndarray) -> np.ndarray:
+        """(V, 4, 4) poses of the window's cameras in its reference frame (camera ``start``), with
+        the pose jitter applied to every frame after the first (``depth``, ``valid``: (V, H, W))."""
+        nz = self.noise
+        ref_from_cam = invert_pose(self._world_from_cam[start])[None] @ self._world_from_cam[start:start + V]
+        ref_from_cam[0] = np.eye(4)
+        if nz.pose_jitter_deg > 0 or nz.pose_jitter_trans > 0:
+            med = float(np.median(depth[0][valid[0]])) if valid[0].any() else 1.0
+            for i in range(1, V):
+                Rj = _random_rotation(rng, nz.pose_jitter_deg)
+                ref_from_cam[i, :3, :3] = ref_from_cam[i, :3, :3] @ Rj
+                ref_from_cam[i, :3, 3] += rng.normal(0.0, nz.pose_jitter_trans * med, size=3)
+        return ref_from_cam
+
+    def _corrupt(self, start: int, ref_from_cam: np.ndarray) -> tuple[bool, np.ndarray | None]:
+        """Rotate frames 1… of ``ref_from_cam`` (V, 4, 4) in place by ``corrupt_deg`` about a random
+        axis through the reference camera when the window is corrupted; ``(corrupted, axis (3,) or None)``."""
+        if start not in self.corrupted_starts:
+            return False, None
+        c = np.random.default_rng([self.seed, start, 2])
+        axis = c.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        Rc = np.eye(4)
+        Rc[:3, :3] = _rotation(axis, np.radians(self.noise.corrupt_deg))
+        ref_from_cam[1:] = Rc[None] @ ref_from_cam[1:]
+        return True, axis
+
+
+def _pointmap(depth_n: np.ndarray, valid: np.ndarray, K: np.ndarray, ref_from_cam: np.ndarray, s_pm: float,
+              z_offset: bool) -> tuple[np.ndarray, float]:
+    """Point map (V, H, W, 3) float64 in the reference frame, times ``s_pm``, 0 where not valid, and
+    the z offset subtracted (0.0 unless ``z_offset``), from noisy depth (V, H, W), K (V, 3, 3) and
+    ``ref_from_cam`` (V, 4, 4)."""
+    pts_cam = unproject_depth(np.where(valid, depth_n, 0.0), K)
+    pts = transform_points(ref_from_cam, pts_cam)
+    z_off = 0.0
+    if z_offset and valid.any():
+        z_off = float(np.percentile(pts[..., 2][valid], 2.0) - 0.01)
+        pts[..., 2] -= z_off
+    return np.where(valid[..., None], s_pm * pts, 0.0), z_off
+
+
+def _confidence(depth: np.ndarray, depth_n: np.ndarray, valid: np.ndarray, dynamic: np.ndarray) -> np.ndarray:
+    """(V, H, W) confidence ~1–8: lower far away (noisy depth ``depth_n``), ×0.35 on moving objects
+    (``dynamic``) and at edges of the clean ``depth``; 0 where not valid (sky)."""
+    conf = 8.0 / (1.0 + depth_n / 20.0)
+    conf = np.where(dynamic, 0.35 * conf, conf)
+    conf = np.where(_depth_edges(depth), 0.35 * conf, conf)
+    return np.where(valid, conf, 0.0)
+
+
+def _disparity(depth_n: np.ndarray, valid: np.ndarray, a_factor: float, b_shift: float) -> tuple[np.ndarray, float, float]:
+    """Disparity (V, H, W) ``a / depth_n + b`` normalised roughly to [0, 1] like the network's (0
+    where not valid), with ``a = a_factor / (q98 − q2)`` and ``b = −a q2 + b_shift`` of the valid
+    inverse depth; returns ``(disparity, a, b)``."""
+    inv = np.where(valid, 1.0 / depth_n, 0.0)
+    if valid.any():
+        lo, hi = np.percentile(inv[valid], [2.0, 98.0])
+    else:
+        lo, hi = 0.0, 1.0
+    disp_a = a_factor / max(hi - lo, 1e-6)
+    disp_b = -disp_a * lo + b_shift
+    return np.where(valid, disp_a * inv + disp_b, 0.0), disp_a, disp_b
+
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    """(3, 3) rotation about unit ``axis`` (3,) by ``angle`` radians."""
     from scipy.spatial.transform import Rotation
 
     return Rotation.from_rotvec(np.asarray(axis, float) * angle).as_matrix()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from geo4d.errors import PredictionError
+from geo4d.geometry import Geometry
 
 __all__ = ["ValidationError", "window_summary", "validate_window_summaries", "validate_windows", "validate_fused",
            "validate_metrics"]
@@ -103,14 +104,14 @@ def validate_windows(arrays, starts, min_valid_fraction: float = 0.02) -> None:
     validate_window_summaries(rows, min_valid_fraction)
 
 
-def validate_fused(fused: dict, height: int, width: int) -> None:
+def validate_fused(fused: Geometry, height: int, width: int) -> None:
     """Per frame: depth finite and > 0 where confident, confidence ≥ 0, rotations orthonormal with det 1,
     intrinsics positive with the principal point inside the image, a valid fraction in (0, 1]."""
     import great_expectations as gx
     import pandas as pd
 
-    depth, conf = fused["depth"], fused["confidence"]
-    K, P = fused["intrinsics"], fused["cam_to_world"]
+    depth, conf = fused.depth, fused.confidence
+    K, P = fused.intrinsics, fused.world_from_cam
     R = P[:, :3, :3].astype(np.float64)
     orth = np.abs(np.matmul(np.swapaxes(R, 1, 2), R) - np.eye(3)).max(axis=(1, 2))
     det = np.linalg.det(R)

@@ -3,7 +3,10 @@ of the same schema.
 
 Only the blocks the network needs are read: ``model.params`` (diffusion settings, ``unet_config``,
 ``first_stage_config``, ``image_proj_stage_config``) and the top-level ``pointmap_vae_config``.
-Every dimension comes from the file; nothing is hard-coded to the full-size or tiny model.
+Every dimension comes from the file; nothing is hard-coded to the full-size or tiny model. Each
+block is a pydantic model read straight from its yaml mapping (keys the network does not need are
+ignored; a missing or mistyped key, or a setting the network does not support, is one
+:class:`InputError` naming the file and the key).
 
 Example:
     >>> cfg = load_config("inference_geo4d.yaml")          # doctest: +SKIP
@@ -13,9 +16,10 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from geo4d.errors import InputError
 
@@ -30,8 +34,34 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class UNetConfig:
+class _Block(BaseModel):
+    """A yaml block of the official schema: frozen; keys the network does not read are ignored."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def read(cls, block: Any, where: str, source: str, **extra: Any) -> Self:
+        """Validate ``block`` (plus ``extra`` keys); errors name ``source`` and the dotted key."""
+        if not isinstance(block, dict):
+            raise InputError(f"{source}: {where} is missing or not a mapping")
+        data = {k: v for k, v in {**block, **extra}.items() if v is not None}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise InputError(_error_line(exc, where, source)) from None
+
+
+def _error_line(exc: ValidationError, where: str, source: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join([where] + [str(p) for p in err["loc"]])
+    if err["type"] == "missing":
+        return f"{source}: missing {key}"
+    if err["type"] == "value_error":  # a model check below: its message says what is unsupported
+        return f"{source}: {key}: {str(err['ctx']['error'])}"
+    return f"{source}: {key} = {err.get('input')!r} is not valid ({err['msg']})"
+
+
+class UNetConfig(_Block):
     """``model.params.unet_config.params``: the 3-D denoising U-Net."""
 
     in_channels: int
@@ -40,20 +70,43 @@ class UNetConfig:
     attention_resolutions: tuple[int, ...]
     num_res_blocks: int
     channel_mult: tuple[int, ...]
-    num_head_channels: int
-    num_heads: int
-    transformer_depth: int
+    num_head_channels: int = -1
+    num_heads: int = -1
+    transformer_depth: int = 1
     context_dim: int
-    use_linear: bool
-    temporal_conv: bool
-    temporal_attention: bool
-    temporal_selfatt_only: bool
-    temporal_length: int
-    addition_attention: bool
-    image_cross_attention: bool
-    default_fs: int
-    fs_condition: bool
+    use_linear: bool = False
+    temporal_conv: bool = False
+    temporal_attention: bool = True
+    temporal_selfatt_only: bool = True
+    temporal_length: int = 16
+    addition_attention: bool = False
+    image_cross_attention: bool = False
+    default_fs: int = 4
+    fs_condition: bool = False
     dropout: float = 0.0
+    # Settings of the DynamiCrafter code base the released Geo4D model leaves at these values.
+    use_relative_position: bool = Field(False, exclude=True)
+    use_causal_attention: bool = Field(False, exclude=True)
+    use_scale_shift_norm: bool = Field(False, exclude=True)
+    resblock_updown: bool = Field(False, exclude=True)
+    image_cross_attention_scale_learnable: bool = Field(False, exclude=True)
+    conv_resample: bool = Field(True, exclude=True)
+
+    @model_validator(mode="after")
+    def _supported(self) -> Self:
+        for flag in ("use_relative_position", "use_causal_attention", "use_scale_shift_norm", "resblock_updown",
+                     "image_cross_attention_scale_learnable"):
+            if getattr(self, flag):
+                raise ValueError(f"{flag} = true is not supported (the released Geo4D model has it off)")
+        if not self.conv_resample:
+            raise ValueError("conv_resample = false is not supported")
+        if self.num_head_channels <= 0 and self.num_heads <= 0:
+            raise ValueError("set num_head_channels or num_heads")
+        if self.addition_attention and self.num_head_channels <= 0:
+            raise ValueError("addition_attention needs num_head_channels > 0 (init_attn uses 8 heads of that width)")
+        if not self.temporal_selfatt_only:
+            raise ValueError("temporal_selfatt_only = false is not supported")
+        return self
 
     def heads_at(self, channels: int) -> tuple[int, int]:
         """(heads, head width) of the level transformers at ``channels`` channels."""
@@ -62,30 +115,47 @@ class UNetConfig:
         return self.num_heads, channels // self.num_heads
 
 
-@dataclass(frozen=True)
-class AdaptorConfig:
+class AdaptorConfig(_Block):
     """``adaptorconfig``: the point-map VAE's confidence branch (also present, unused, in the first stage)."""
 
     ch: int
     ch_mult: tuple[int, ...]
     num_res_blocks: int
-    in_channels: int
+    in_channels: int = 3
     out_ch: int
 
+    @model_validator(mode="after")
+    def _one_level(self) -> Self:
+        if len(self.ch_mult) != 1:
+            raise ValueError(f"ch_mult = {list(self.ch_mult)}: only one-level adaptors are supported")
+        return self
 
-@dataclass(frozen=True)
-class AutoencoderConfig:
+
+class AutoencoderConfig(_Block):
     """``ddconfig`` (+ ``embed_dim``, ``adaptorconfig``) of an SD-style KL autoencoder."""
 
     ch: int
     ch_mult: tuple[int, ...]
     num_res_blocks: int
-    in_channels: int
-    out_ch: int
+    in_channels: int = 3
+    out_ch: int = 3
     z_channels: int
     embed_dim: int
-    double_z: bool
-    adaptor: AdaptorConfig | None
+    double_z: bool = True
+    adaptor: AdaptorConfig | None = None
+    attn_resolutions: tuple[int, ...] = Field((), exclude=True)
+
+    @model_validator(mode="after")
+    def _supported(self) -> Self:
+        if self.attn_resolutions:
+            raise ValueError(f"attn_resolutions = {list(self.attn_resolutions)}: attention inside VAE levels is not supported")
+        if not self.double_z:
+            raise ValueError("double_z = false is not supported (a KL autoencoder has double_z)")
+        a = self.adaptor
+        if a is not None and a.ch * a.ch_mult[0] != self.ch * self.ch_mult[0]:
+            raise ValueError(f"adaptor width {a.ch * a.ch_mult[0]} must equal the decoder's last feature width "
+                             f"ch·ch_mult[0] = {self.ch * self.ch_mult[0]}")
+        return self
 
     @property
     def block_out_channels(self) -> tuple[int, ...]:
@@ -96,8 +166,7 @@ class AutoencoderConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
 
-@dataclass(frozen=True)
-class ResamplerConfig:
+class ResamplerConfig(_Block):
     """``model.params.image_proj_stage_config.params``: the Perceiver resampler of image tokens."""
 
     dim: int
@@ -107,29 +176,38 @@ class ResamplerConfig:
     num_queries: int
     embedding_dim: int
     output_dim: int
-    ff_mult: int
-    video_length: int | None
+    ff_mult: int = 4
+    video_length: int | None = None
 
 
-@dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(_Block):
     """Diffusion settings of ``model.params``."""
 
-    timesteps: int
+    timesteps: int = 1000
     linear_start: float
     linear_end: float
-    rescale_betas_zero_snr: bool
-    parameterization: str
+    rescale_betas_zero_snr: bool = False
+    parameterization: str = "eps"
     scale_factor: float
-    use_dynamic_rescale: bool
-    base_scale: float
+    use_dynamic_rescale: bool = False
+    base_scale: float = 0.7
     channels: int
-    perframe_ae: bool
+    perframe_ae: bool = False
+    scale_by_std: bool = Field(False, exclude=True)
+
+    @model_validator(mode="after")
+    def _supported(self) -> Self:
+        if self.parameterization != "v":
+            raise ValueError(f"parameterization = {self.parameterization!r}: only 'v' is supported")
+        if self.scale_by_std:
+            raise ValueError("scale_by_std = true is not supported")
+        return self
 
 
-@dataclass(frozen=True)
-class Geo4DConfig:
+class Geo4DConfig(BaseModel):
     """Everything :func:`geo4d_model.loader.load_official` needs to build the network."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
 
     unet: UNetConfig
     first_stage: AutoencoderConfig
@@ -140,121 +218,43 @@ class Geo4DConfig:
     raw: Any = None
 
 
-class _Reader:
-    """Reads keys of one yaml block, raising an :class:`InputError` naming the file and the key."""
-
-    def __init__(self, block: Any, where: str, source: str):
-        if not isinstance(block, dict):
-            raise InputError(f"{source}: {where} is missing or not a mapping")
-        self.block, self.where, self.source = block, where, source
-
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.block or self.block[key] is None:
-            if default is ...:
-                raise InputError(f"{self.source}: missing {self.where}.{key}")
-            return default
-        value = self.block[key]
-        try:
-            if kind is bool:
-                if isinstance(value, str):
-                    if value.lower() not in ("true", "false"):
-                        raise ValueError(value)
-                    return value.lower() == "true"
-                return bool(value)
-            if kind is tuple:
-                if not isinstance(value, (list, tuple)):
-                    raise ValueError(value)
-                return tuple(int(v) for v in value)
-            return kind(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{self.source}: {self.where}.{key} = {value!r} is not a valid {kind.__name__}") from None
-
-    def sub(self, key: str) -> _Reader:
-        where = key if self.where == "<root>" else f"{self.where}.{key}"
-        return _Reader(self.block.get(key), where, self.source)
+def _sub(block: Any, key: str, where: str, source: str) -> dict:
+    inner = block.get(key) if isinstance(block, dict) else None
+    if not isinstance(inner, dict):
+        raise InputError(f"{source}: {where}.{key} is missing or not a mapping" if where else
+                         f"{source}: {key} is missing or not a mapping")
+    return inner
 
 
-def _autoencoder(r: _Reader) -> AutoencoderConfig:
-    dd = r.sub("ddconfig")
-    attn = dd.get("attn_resolutions", list, [])
-    if attn:
-        raise InputError(f"{r.source}: {dd.where}.attn_resolutions = {attn}: attention inside VAE levels is not supported")
+def _autoencoder(params: dict, where: str, source: str) -> AutoencoderConfig:
+    """``<where>.params``: ``ddconfig`` + ``embed_dim`` (+ ``adaptorconfig``)."""
     adaptor = None
-    if r.block.get("adaptorconfig") is not None:
-        ad = r.sub("adaptorconfig")
-        adaptor = AdaptorConfig(
-            ch=ad.get("ch", int), ch_mult=ad.get("ch_mult", tuple), num_res_blocks=ad.get("num_res_blocks", int),
-            in_channels=ad.get("in_channels", int, 3), out_ch=ad.get("out_ch", int),
-        )
-        if len(adaptor.ch_mult) != 1:
-            raise InputError(f"{r.source}: {ad.where}.ch_mult = {list(adaptor.ch_mult)}: only one-level adaptors are supported")
-    cfg = AutoencoderConfig(
-        ch=dd.get("ch", int), ch_mult=dd.get("ch_mult", tuple), num_res_blocks=dd.get("num_res_blocks", int),
-        in_channels=dd.get("in_channels", int, 3), out_ch=dd.get("out_ch", int, 3), z_channels=dd.get("z_channels", int),
-        embed_dim=r.get("embed_dim", int), double_z=dd.get("double_z", bool, True), adaptor=adaptor,
-    )
-    if not cfg.double_z:
-        raise InputError(f"{r.source}: {dd.where}.double_z = false is not supported (a KL autoencoder has double_z)")
-    if adaptor is not None and adaptor.ch * adaptor.ch_mult[0] != cfg.ch * cfg.ch_mult[0]:
-        raise InputError(
-            f"{r.source}: adaptor width {adaptor.ch * adaptor.ch_mult[0]} must equal the decoder's last feature width "
-            f"ch·ch_mult[0] = {cfg.ch * cfg.ch_mult[0]}"
-        )
-    return cfg
+    if params.get("adaptorconfig") is not None:
+        adaptor = AdaptorConfig.read(params["adaptorconfig"], f"{where}.adaptorconfig", source)
+    dd = _sub(params, "ddconfig", where, source)
+    if params.get("embed_dim") is None:
+        raise InputError(f"{source}: missing {where}.embed_dim")
+    return AutoencoderConfig.read(dd, f"{where}.ddconfig", source, embed_dim=params["embed_dim"], adaptor=adaptor)
 
 
 def config_from_dict(raw: dict, source: str = "<dict>") -> Geo4DConfig:
     """Parse an already-loaded yaml mapping (see :func:`load_config`)."""
-    root = _Reader(raw, "<root>", source)
-    mp = root.sub("model").sub("params")
-    u = mp.sub("unet_config").sub("params")
-    for flag in ("use_relative_position", "use_causal_attention", "use_scale_shift_norm", "resblock_updown",
-                 "image_cross_attention_scale_learnable"):
-        if u.get(flag, bool, False):
-            raise InputError(f"{source}: {u.where}.{flag} = true is not supported (the released Geo4D model has it off)")
-    if not u.get("conv_resample", bool, True):
-        raise InputError(f"{source}: {u.where}.conv_resample = false is not supported")
-    unet = UNetConfig(
-        in_channels=u.get("in_channels", int), out_channels=u.get("out_channels", int),
-        model_channels=u.get("model_channels", int), attention_resolutions=u.get("attention_resolutions", tuple),
-        num_res_blocks=u.get("num_res_blocks", int), channel_mult=u.get("channel_mult", tuple),
-        num_head_channels=u.get("num_head_channels", int, -1), num_heads=u.get("num_heads", int, -1),
-        transformer_depth=u.get("transformer_depth", int, 1), context_dim=u.get("context_dim", int),
-        use_linear=u.get("use_linear", bool, False), temporal_conv=u.get("temporal_conv", bool, False),
-        temporal_attention=u.get("temporal_attention", bool, True),
-        temporal_selfatt_only=u.get("temporal_selfatt_only", bool, True),
-        temporal_length=u.get("temporal_length", int, 16), addition_attention=u.get("addition_attention", bool, False),
-        image_cross_attention=u.get("image_cross_attention", bool, False), default_fs=u.get("default_fs", int, 4),
-        fs_condition=u.get("fs_condition", bool, False), dropout=u.get("dropout", float, 0.0),
-    )
-    if unet.num_head_channels <= 0 and unet.num_heads <= 0:
-        raise InputError(f"{source}: {u.where}: set num_head_channels or num_heads")
-    if unet.addition_attention and unet.num_head_channels <= 0:
-        raise InputError(f"{source}: {u.where}: addition_attention needs num_head_channels > 0 (init_attn uses 8 heads of that width)")
-    if not unet.temporal_selfatt_only:
-        raise InputError(f"{source}: {u.where}.temporal_selfatt_only = false is not supported")
-    rp = mp.sub("image_proj_stage_config").sub("params")
-    resampler = ResamplerConfig(
-        dim=rp.get("dim", int), depth=rp.get("depth", int), dim_head=rp.get("dim_head", int), heads=rp.get("heads", int),
-        num_queries=rp.get("num_queries", int), embedding_dim=rp.get("embedding_dim", int),
-        output_dim=rp.get("output_dim", int), ff_mult=rp.get("ff_mult", int, 4),
-        video_length=rp.get("video_length", int, None),
-    )
-    diffusion = DiffusionConfig(
-        timesteps=mp.get("timesteps", int, 1000), linear_start=mp.get("linear_start", float),
-        linear_end=mp.get("linear_end", float), rescale_betas_zero_snr=mp.get("rescale_betas_zero_snr", bool, False),
-        parameterization=mp.get("parameterization", str, "eps"), scale_factor=mp.get("scale_factor", float),
-        use_dynamic_rescale=mp.get("use_dynamic_rescale", bool, False), base_scale=mp.get("base_scale", float, 0.7),
-        channels=mp.get("channels", int), perframe_ae=mp.get("perframe_ae", bool, False),
-    )
-    if diffusion.parameterization != "v":
-        raise InputError(f"{source}: {mp.where}.parameterization = {diffusion.parameterization!r}: only 'v' is supported")
-    if mp.get("scale_by_std", bool, False):
-        raise InputError(f"{source}: {mp.where}.scale_by_std = true is not supported")
-    first_stage = _autoencoder(mp.sub("first_stage_config").sub("params"))
+    if not isinstance(raw, dict):
+        raise InputError(f"{source}: expected a yaml mapping at the top level")
+    mp = _sub(_sub(raw, "model", "", source), "params", "model", source)
+    unet_params = _sub(_sub(mp, "unet_config", "model.params", source), "params", "model.params.unet_config", source)
+    unet = UNetConfig.read(unet_params, "model.params.unet_config.params", source)
+    rp = _sub(_sub(mp, "image_proj_stage_config", "model.params", source), "params",
+              "model.params.image_proj_stage_config", source)
+    resampler = ResamplerConfig.read(rp, "model.params.image_proj_stage_config.params", source)
+    diffusion = DiffusionConfig.read(mp, "model.params", source)
+    fs_params = _sub(_sub(mp, "first_stage_config", "model.params", source), "params",
+                     "model.params.first_stage_config", source)
+    first_stage = _autoencoder(fs_params, "model.params.first_stage_config.params", source)
     pointmap = None
     if raw.get("pointmap_vae_config") is not None:
-        pointmap = _autoencoder(root.sub("pointmap_vae_config").sub("params"))
+        pv = _sub(_sub(raw, "pointmap_vae_config", "", source), "params", "pointmap_vae_config", source)
+        pointmap = _autoencoder(pv, "pointmap_vae_config.params", source)
         if pointmap.adaptor is None:
             raise InputError(f"{source}: pointmap_vae_config.params.adaptorconfig is missing (the confidence branch)")
     if unet.in_channels != diffusion.channels + first_stage.embed_dim:

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -376,9 +375,9 @@ def _ddim(ctx, c):
 
 
 # --- stages registered by other modules -----------------------------------------------------------
-# >>> Other modules add their stages here. A module listed below is imported (if it exists) and, if it
-# >>> defines ``register_fixture_stages(register_stage)``, that function is called once. Stages:
-# >>>   geo4d_model.postprocess → post.*, post_ddim.*      geo4d_model.clip → clip.*
+# Other modules add their stages here. Each module listed below is imported and, if it defines
+# ``register_fixture_stages(register_stage)``, that function is called once. Stages:
+#   geo4d_model.postprocess → post.*, post_ddim.*      geo4d_model.clip → clip.*
 EXTRA_STAGE_MODULES: tuple[str, ...] = (
     "geo4d_model.postprocess",
     "geo4d_model.clip",
@@ -387,9 +386,9 @@ _extra_loaded: set[str] = set()
 
 
 def load_extra_stages() -> None:
-    """Import :data:`EXTRA_STAGE_MODULES` that exist and let them register their stages (once)."""
+    """Import :data:`EXTRA_STAGE_MODULES` and let them register their stages (once)."""
     for name in EXTRA_STAGE_MODULES:
-        if name in _extra_loaded or importlib.util.find_spec(name) is None:
+        if name in _extra_loaded:
             continue
         _extra_loaded.add(name)
         module = importlib.import_module(name)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from geo4d.errors import InputError, PredictionError
 from geo4d.predictor import WindowPrediction, WindowPredictor
+from geo4d_model.context import constant_context
 from geo4d_model.network import Geo4DNetwork
 from geo4d_model.sampler import DDIMSampler, SamplerSettings
 from geo4d_model.vae import LatentVAE
@@ -171,20 +172,8 @@ class Geo4DPredictor(WindowPredictor):
             kwargs.pop("image_size", None)
         loaded = load_official(config, checkpoint, pointmap_vae, device=device, dtype=dtype)
         if context is None:
-            context = cls._constant_context(loaded, clip_context_cache)
+            context = constant_context(loaded, cache=clip_context_cache)
         return cls(loaded.network, loaded.pointmap_vae, context, fingerprint=loaded.fingerprint, **kwargs)
-
-    @staticmethod
-    def _constant_context(loaded, cache) -> torch.Tensor:
-        try:
-            from geo4d_model import context as context_module
-        except ImportError:
-            raise InputError("the constant CLIP context is needed but geo4d_model.context is not available; "
-                             "pass context=…") from None
-        fn = getattr(context_module, "constant_context", None)
-        if fn is None:
-            raise InputError("geo4d_model.context has no constant_context(loaded, cache=…); pass context=…")
-        return fn(loaded, cache=cache)
 
     def parameters(self) -> dict:
         return {
@@ -216,7 +205,7 @@ class Geo4DPredictor(WindowPredictor):
         B, _, V, h, w = cond.shape
         x_T = torch.cat([window_noise(self.seed, s, (1, 16, V, h, w)) for s in starts]).to(self.device)
         fs = torch.full((B,), self.fs, dtype=torch.long, device=self.device)
-        net, unet = self.network, self._unet
+        unet = self._unet
 
         def model_for(context):
             def fn(x, t):

@@ -20,23 +20,25 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler
+from pydantic import Field
+
+from geo4d.spec import Spec
 
 __all__ = ["SamplerSettings", "DDIMSampler"]
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
+class SamplerSettings(Spec):
     """Settings of one sampling run (defaults: the official demo/evaluation settings)."""
 
-    steps: int = 5
-    eta: float = 0.0
-    guidance_scale: float = 1.0
-    guidance_rescale: float = 0.7
-    timestep_spacing: str = "trailing"
+    steps: int = Field(5, ge=1, description="DDIM steps")
+    eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity (0: deterministic)")
+    guidance_scale: float = Field(1.0, description="classifier-free guidance scale (1: conditional only)")
+    guidance_rescale: float = Field(0.7, ge=0.0, le=1.0, description="guidance rescale factor")
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
     dynamic_rescale: bool = True
 
 
@@ -55,8 +57,6 @@ class DDIMSampler:
                  settings: SamplerSettings = SamplerSettings(), beta_start: float = 0.00085, beta_end: float = 0.012):
         if alphas_cumprod.ndim != 1:
             raise ValueError(f"alphas_cumprod must be (T,), got {tuple(alphas_cumprod.shape)}")
-        if settings.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {settings.steps}")
         T = alphas_cumprod.shape[0]
         self.settings = settings
         self.scheduler = DDIMScheduler(

@@ -100,11 +100,11 @@ def export_dataset(store: Store, outdir: str | Path, video_ids: list[str] | None
         info = store.video_info(vid)
         fused = store.read_fused(vid)
         rgb = store.read_frames(vid)
-        depth, conf = fused["depth"], fused["confidence"]
+        depth, conf = fused.depth, fused.confidence
         valid = (conf > 0) & (depth > 0)
         arrays = {"rgb": rgb.astype(np.uint8), "depth": depth.astype(np.float32), "confidence": conf.astype(np.float32),
-                  "points": fused["points"].astype(np.float32), "intrinsics": fused["intrinsics"].astype(np.float32),
-                  "world_from_cam": fused["cam_to_world"].astype(np.float32)}
+                  "points": fused.points.astype(np.float32), "intrinsics": fused.intrinsics.astype(np.float32),
+                  "world_from_cam": fused.world_from_cam.astype(np.float32)}
         rel = f"videos/{vid}.zarr"
         _write_video(out / rel, arrays, {"video_id": vid, "source": info.source, "fps": info.fps,
                                          "conventions": EXPORT_CONVENTIONS})
@@ -116,8 +116,8 @@ def export_dataset(store: Store, outdir: str | Path, video_ids: list[str] | None
             "valid_fraction": float(valid.mean()),
             "depth_median": float(np.median(d)) if d.size else None,
             "depth_min": float(d.min()) if d.size else None, "depth_max": float(d.max()) if d.size else None,
-            "focal_mean": float(np.mean((fused["intrinsics"][:, 0, 0] + fused["intrinsics"][:, 1, 1]) / 2)),
-            "path_length": _path_length(fused["cam_to_world"]),
+            "focal_mean": float(np.mean((fused.intrinsics[:, 0, 0] + fused.intrinsics[:, 1, 1]) / 2)),
+            "path_length": _path_length(fused.world_from_cam),
             "abs_rel": metrics.get("abs_rel"), "delta_1_25": metrics.get("delta_1_25"),
             "ate": metrics.get("ate"), "rpe_trans": metrics.get("rpe_trans"), "rpe_rot": metrics.get("rpe_rot"),
         }

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from geo4d.errors import InputError
+from geo4d.geometry import Geometry
+from geo4d.spec import jsonable
 
-__all__ = ["GT_FORMAT", "GT_FORMAT_VERSION", "CONVENTIONS", "GroundTruth", "write_ground_truth",
-           "read_ground_truth", "find_ground_truth", "ground_truth_dir"]
+__all__ = ["GT_FORMAT", "GT_FORMAT_VERSION", "CONVENTIONS", "write_ground_truth", "read_ground_truth",
+           "find_ground_truth", "ground_truth_dir"]
 
 GT_FORMAT = "geo4d-ground-truth"
 GT_FORMAT_VERSION = 1
@@ -35,53 +35,6 @@ CONVENTIONS = (
     "frame of frame 0 (world_from_cam[0] = I); intrinsics K = [[fx,0,cx],[0,fy,cy],[0,0,1]]."
 )
 _ARRAYS = ("depth", "intrinsics", "world_from_cam", "dynamic_mask")
-
-
-@dataclass
-class GroundTruth:
-    """Exact geometry of a video (what :func:`read_ground_truth` returns).
-
-    Attributes:
-        depth: (T, H, W) float32 z-depth, ``+inf`` where sky.
-        intrinsics: (T, 3, 3) float64.
-        world_from_cam: (T, 4, 4) float64 camera-to-world, ``[0] = I``.
-        dynamic_mask: (T, H, W) bool.
-        fps: frame rate of the video it belongs to.
-        meta: the whole ``meta.json`` (provenance, generator, seed, …).
-        path: the directory it was read from (None when built in memory).
-    """
-
-    depth: np.ndarray
-    intrinsics: np.ndarray
-    world_from_cam: np.ndarray
-    dynamic_mask: np.ndarray
-    fps: float
-    meta: dict = field(default_factory=dict)
-    path: Path | None = None
-
-    @property
-    def n_frames(self) -> int:
-        return int(self.depth.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.depth.shape[1])
-
-    @property
-    def width(self) -> int:
-        return int(self.depth.shape[2])
-
-    @property
-    def valid(self) -> np.ndarray:
-        """(T, H, W) bool: pixels with a finite depth (not sky)."""
-        return np.isfinite(self.depth)
-
-    def points_world(self) -> np.ndarray:
-        """(T, H, W, 3) float64 world points of every pixel; NaN where sky."""
-        from geo4d.cameras import transform_points, unproject_depth
-
-        d = np.where(self.valid, self.depth, np.nan).astype(np.float64)
-        return transform_points(self.world_from_cam, unproject_depth(d, self.intrinsics))
 
 
 def ground_truth_dir(video_path: str | os.PathLike) -> Path:
@@ -98,14 +51,13 @@ def find_ground_truth(video_path: str | os.PathLike | None) -> Path | None:
     return d if (d / "meta.json").is_file() else None
 
 
-def write_ground_truth(directory: str | os.PathLike, truth: Any) -> Path:
+def write_ground_truth(directory: str | os.PathLike, truth: Geometry) -> Path:
     """Write ground truth to ``directory`` (created; existing ground-truth files are replaced).
 
     Args:
         directory: usually ``<video stem>.gt`` beside the video (see :func:`ground_truth_dir`).
-        truth: anything with ``depth``, ``intrinsics``, ``world_from_cam``, ``dynamic_mask``, ``fps``
-            (and optionally ``seed`` and a ``meta`` dict) — a
-            :class:`geo4d.synthetic.RenderedVideo` or a :class:`GroundTruth`.
+        truth: the exact geometry; depth is written ``+inf`` wherever ``truth.valid`` is False, a
+            missing dynamic mask as all False, ``truth.meta`` is kept in ``meta.json``.
 
     Returns:
         The directory.
@@ -115,11 +67,12 @@ def write_ground_truth(directory: str | os.PathLike, truth: Any) -> Path:
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise InputError(f"{d}: exists and is not a directory; cannot write ground truth there")
+    dynamic = truth.dynamic_mask if truth.dynamic_mask is not None else np.zeros(truth.depth.shape, bool)
     arrays = {
-        "depth": np.asarray(truth.depth, dtype=np.float32),
+        "depth": np.where(truth.valid, truth.depth, np.inf).astype(np.float32),
         "intrinsics": np.asarray(truth.intrinsics, dtype=np.float64),
         "world_from_cam": np.asarray(truth.world_from_cam, dtype=np.float64),
-        "dynamic_mask": np.asarray(truth.dynamic_mask, dtype=bool),
+        "dynamic_mask": np.asarray(dynamic, dtype=bool),
     }
     T, H, W = _check_arrays(arrays, d)
     d.mkdir(parents=True, exist_ok=True)
@@ -128,7 +81,7 @@ def write_ground_truth(directory: str | os.PathLike, truth: Any) -> Path:
         meta_path.unlink()  # the directory is incomplete until meta.json is back
     for name, arr in arrays.items():
         np.save(d / f"{name}.npy", arr, allow_pickle=False)
-    extra = dict(getattr(truth, "meta", None) or {})
+    extra = dict(truth.meta or {})
     for k in ("format", "format_version", "n_frames", "height", "width", "fps", "conventions", "files"):
         extra.pop(k, None)
     meta = {
@@ -137,7 +90,7 @@ def write_ground_truth(directory: str | os.PathLike, truth: Any) -> Path:
         "n_frames": T,
         "height": H,
         "width": W,
-        "fps": float(truth.fps),
+        "fps": float(truth.fps or 0.0),
         "conventions": CONVENTIONS,
         "files": {
             "depth.npy": "(T,H,W) float32 z-depth, +inf where sky",
@@ -148,16 +101,18 @@ def write_ground_truth(directory: str | os.PathLike, truth: Any) -> Path:
         "written_by": f"geo4d-pipeline {__version__}",
         **extra,
     }
-    if getattr(truth, "seed", None) is not None:
-        meta.setdefault("seed", int(truth.seed))
     tmp = d / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(jsonable(meta), indent=2, default=str))
     tmp.replace(meta_path)
     return d
 
 
-def read_ground_truth(directory: str | os.PathLike) -> GroundTruth:
+def read_ground_truth(directory: str | os.PathLike) -> Geometry:
     """Read and validate a ground-truth directory written by :func:`write_ground_truth`.
+
+    Returns:
+        The geometry (depth ``+inf`` at sky, ``valid`` where finite), with ``fps`` and the whole
+        ``meta.json`` as ``meta``.
 
     Raises:
         InputError: naming the file and the problem (missing, unreadable, wrong shape or dtype,
@@ -168,6 +123,27 @@ def read_ground_truth(directory: str | os.PathLike) -> GroundTruth:
         raise InputError(f"{d}: ground-truth directory does not exist")
     if not d.is_dir():
         raise InputError(f"{d}: not a ground-truth directory (not a directory)")
+    meta = _read_meta(d)
+    arrays = _read_arrays(d)
+    T, H, W = _check_arrays(arrays, d)
+    for key, val in (("n_frames", T), ("height", H), ("width", W)):
+        if key in meta and int(meta[key]) != val:
+            raise InputError(f"{d / 'meta.json'}: {key}={meta[key]} but the arrays have {val}")
+    try:
+        fps = float(meta.get("fps", 0.0))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{d / 'meta.json'}: fps {meta.get('fps')!r} is not a number") from exc
+    return Geometry.from_depth(
+        arrays["depth"].astype(np.float32, copy=False),
+        arrays["intrinsics"].astype(np.float64, copy=False),
+        arrays["world_from_cam"].astype(np.float64, copy=False),
+        dynamic_mask=arrays["dynamic_mask"],
+        fps=fps,
+        meta=meta,
+    )
+
+
+def _read_meta(d: Path) -> dict:
     meta_path = d / "meta.json"
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: missing; {d} is not a complete ground-truth directory")
@@ -179,6 +155,10 @@ def read_ground_truth(directory: str | os.PathLike) -> GroundTruth:
         raise InputError(f"{meta_path}: not a {GT_FORMAT} file (format={meta.get('format') if isinstance(meta, dict) else None!r})")
     if int(meta.get("format_version", -1)) > GT_FORMAT_VERSION:
         raise InputError(f"{meta_path}: format_version {meta.get('format_version')} is newer than this reader ({GT_FORMAT_VERSION})")
+    return meta
+
+
+def _read_arrays(d: Path) -> dict[str, np.ndarray]:
     arrays = {}
     for name in _ARRAYS:
         f = d / f"{name}.npy"
@@ -188,23 +168,7 @@ def read_ground_truth(directory: str | os.PathLike) -> GroundTruth:
             arrays[name] = np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError) as exc:
             raise InputError(f"{f}: not a readable .npy array ({exc})") from exc
-    T, H, W = _check_arrays(arrays, d)
-    for key, val in (("n_frames", T), ("height", H), ("width", W)):
-        if key in meta and int(meta[key]) != val:
-            raise InputError(f"{meta_path}: {key}={meta[key]} but the arrays have {val}")
-    try:
-        fps = float(meta.get("fps", 0.0))
-    except (TypeError, ValueError) as exc:
-        raise InputError(f"{meta_path}: fps {meta.get('fps')!r} is not a number") from exc
-    return GroundTruth(
-        depth=arrays["depth"].astype(np.float32, copy=False),
-        intrinsics=arrays["intrinsics"].astype(np.float64, copy=False),
-        world_from_cam=arrays["world_from_cam"].astype(np.float64, copy=False),
-        dynamic_mask=arrays["dynamic_mask"],
-        fps=fps,
-        meta=meta,
-        path=d,
-    )
+    return arrays
 
 
 def _check_arrays(a: dict[str, np.ndarray], d: Path) -> tuple[int, int, int]:
@@ -239,13 +203,3 @@ def _check_arrays(a: dict[str, np.ndarray], d: Path) -> tuple[int, int, int]:
     if np.abs(P[0] - np.eye(4)).max() > 1e-6:
         raise InputError(f"{d / 'world_from_cam.npy'}: frame 0 must be the identity (world = camera of frame 0)")
     return T, H, W
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")

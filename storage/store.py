@@ -25,6 +25,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from geo4d.errors import StoreError
+from geo4d.geometry import Geometry
 from geo4d.predictor import MODALITIES, WindowPrediction
 
 __all__ = [
@@ -42,6 +43,8 @@ STORE_VERSION = 1
 STAGES = ("decode", "windows", "fuse", "evaluate")
 #: Names of the fused arrays (``fused/<name>``) and their per-frame trailing shapes.
 FUSED_ARRAYS = ("depth", "confidence", "intrinsics", "cam_to_world", "points")
+#: The store's name of :attr:`geo4d.geometry.Geometry.world_from_cam` (kept for format compatibility).
+_POSE_KEY = "cam_to_world"
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 _VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -234,9 +237,6 @@ class Store:
     def video_attrs(self, video_id: str) -> dict:
         return self._video_group(video_id).attrs.asdict()
 
-    def update_video_attrs(self, video_id: str, **values: Any) -> None:
-        self._video_group(video_id).attrs.update(values)
-
     # ---- stage records ---------------------------------------------------------------------------
     def stage_records(self, video_id: str) -> dict[str, dict]:
         return dict(self._video_group(video_id).attrs.get("stages", {}) or {})
@@ -401,11 +401,12 @@ class Store:
         return arrays, starts, V
 
     # ---- fused -----------------------------------------------------------------------------------
-    def write_fused(self, video_id: str, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any] | None = None) -> None:
-        """Write ``fused/<name>`` for every name of :data:`FUSED_ARRAYS` (float32, chunked per frame)."""
-        missing = [n for n in FUSED_ARRAYS if n not in arrays]
-        if missing:
-            raise ValueError(f"fused arrays missing: {missing}")
+    def write_fused(self, video_id: str, geometry: Geometry, diagnostics: Mapping[str, Any] | None = None) -> None:
+        """Write the fused geometry as ``fused/<name>`` (:data:`FUSED_ARRAYS`, float32, chunked per frame).
+
+        ``geometry`` needs ``confidence`` and ``points``; ``diagnostics`` go to the group's attrs.
+        """
+        arrays = _fused_arrays(geometry)
         info = self.video_info(video_id)
         fg = self._video_group(video_id).require_group("fused")
         for name in FUSED_ARRAYS:
@@ -417,19 +418,18 @@ class Store:
                 compressors=_COMPRESSOR, fill_value=0.0, overwrite=True,
             )
             a[:] = arr
-        if attrs:
-            fg.attrs.update(json.loads(json.dumps(dict(attrs), default=str)))
+        if diagnostics:
+            fg.attrs.update(json.loads(json.dumps({"diagnostics": dict(diagnostics)}, default=str)))
 
-    def read_fused(self, video_id: str) -> dict[str, np.ndarray]:
+    def read_fused(self, video_id: str) -> Geometry:
+        """The fused geometry (float32 as stored; ``valid`` where confidence > 0; ``meta``: the group's attrs)."""
         grp = self._video_group(video_id)
         if "fused" not in grp:
             raise StoreError(f"{self.location}: video {video_id} has no fused group (run the fuse stage first)")
         fg = grp["fused"]
-        return {name: np.asarray(self._array(fg, name, f"{video_id}/fused")[:]) for name in FUSED_ARRAYS}
-
-    def fused_attrs(self, video_id: str) -> dict:
-        grp = self._video_group(video_id)
-        return grp["fused"].attrs.asdict() if "fused" in grp else {}
+        a = {name: np.asarray(self._array(fg, name, f"{video_id}/fused")[:]) for name in FUSED_ARRAYS}
+        return Geometry(a["depth"], a["confidence"] > 0, a["intrinsics"], a[_POSE_KEY], points=a["points"],
+                        confidence=a["confidence"], meta=fg.attrs.asdict())
 
     # ---- helpers ---------------------------------------------------------------------------------
     def _array(self, grp: zarr.Group, name: str, where: str) -> zarr.Array:
@@ -439,3 +439,11 @@ class Store:
         if not isinstance(arr, zarr.Array):
             raise StoreError(f"{self.location}: {where}/{name} is a group, expected an array")
         return arr
+
+
+def _fused_arrays(geometry: Geometry) -> dict[str, np.ndarray]:
+    """The store's fused arrays of ``geometry`` (the on-disk names of docs/store.md)."""
+    if geometry.confidence is None or geometry.points is None:
+        raise ValueError("fused geometry needs confidence and points")
+    return {"depth": geometry.depth, "confidence": geometry.confidence, "intrinsics": geometry.intrinsics,
+            _POSE_KEY: geometry.world_from_cam, "points": geometry.points}

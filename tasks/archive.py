@@ -9,9 +9,10 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from geo4d import stages
 from geo4d.errors import Geo4DError
-from geo4d.predictor import predictor_image_size
+from geo4d.fusion import FusionConfig
+from pipeline import stages
+from pipeline.predictors import PredictorSpec, predictor_image_size
 from storage.store import video_id_for
 from tasks.common import STAGE_TASK_OPTIONS, open_store
 
@@ -35,7 +36,7 @@ def _gpu_slot(max_gpu_tasks: int | None):
 
 
 @task(name="reconstruct-one", **STAGE_TASK_OPTIONS)
-def reconstruct_one_task(source: dict, store: str, predictor: dict, fusion: dict | None = None,
+def reconstruct_one_task(source: dict, store: str, predictor: PredictorSpec, fusion: FusionConfig | None = None,
                          evaluate: bool = True, storage_options: dict | None = None,
                          max_gpu_tasks: int | None = None) -> dict:
     """Run (or resume) every stage of one video. A permanent fault (bad video, invalid predictions)

@@ -61,7 +61,7 @@ def open_store(location: str, storage_options: dict | None = None):
 
 
 def report_stage(result) -> dict:
-    """Log a :class:`geo4d.stages.StageResult` through the run logger and return it as a dict."""
+    """Log a :class:`pipeline.stages.StageResult` through the run logger and return it as a dict."""
     from dataclasses import asdict
 
     from prefect import get_run_logger

@@ -1,11 +1,14 @@
-"""Prefect tasks of the per-video reconstruction: thin wrappers of :mod:`geo4d.stages`."""
+"""Prefect tasks of the per-video reconstruction: thin wrappers of :mod:`pipeline.stages`."""
 
 from __future__ import annotations
 
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from geo4d import stages
+from geo4d.fusion import FusionConfig
+from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE
+from pipeline import stages
+from pipeline.predictors import PredictorSpec
 from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger, report_stage
 
 
@@ -19,15 +22,16 @@ def decode_task(video: str, store: str, video_id: str | None = None, size: tuple
 
 
 @task(name="predict-windows", **STAGE_TASK_OPTIONS)
-def windows_task(store: str, video_id: str, predictor: dict, window_size: int = 16, stride: int = 4,
-                 storage_options: dict | None = None) -> dict:
+def windows_task(store: str, video_id: str, predictor: PredictorSpec, window_size: int = WINDOW_SIZE,
+                 stride: int = WINDOW_STRIDE, storage_options: dict | None = None) -> dict:
     res = stages.windows_stage(open_store(store, storage_options), video_id, predictor, window_size=window_size,
                                stride=stride, run_id=str(flow_run.id), progress=progress_logger(get_run_logger()))
     return report_stage(res)
 
 
 @task(name="fuse", **STAGE_TASK_OPTIONS)
-def fuse_task(store: str, video_id: str, fusion: dict | None = None, storage_options: dict | None = None) -> dict:
+def fuse_task(store: str, video_id: str, fusion: FusionConfig | None = None,
+              storage_options: dict | None = None) -> dict:
     res = stages.fuse_stage(open_store(store, storage_options), video_id, fusion=fusion, run_id=str(flow_run.id),
                             progress=progress_logger(get_run_logger(), every=5))
     return report_stage(res)

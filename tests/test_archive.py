@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from geo4d.cli import main
+from geo4d_cli import main
 from geo4d.errors import InputError
-from geo4d.sources import resolve_sources
+from storage.sources import resolve_sources
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def archive_dir(tmp_path_factory):
     for i in range(6):
         r = render(make_scene(seed=10 + i, n_frames=20, height=48, width=64))
         write_video(d / f"clip_{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"clip_{i}.gt", r)
+        write_ground_truth(d / f"clip_{i}.gt", r.geometry)
     good = (d / "clip_0.mp4").read_bytes()
     (d / "corrupt.mp4").write_bytes(good[: len(good) // 3])
     (d / "notes.mp4").write_text("a text file renamed .mp4\n" * 20)
@@ -79,7 +79,7 @@ def test_max_gpu_tasks_bounds_the_sampling_stage(archive_dir, tmp_path, monkeypa
     import threading
     import time
 
-    import geo4d.stages as stages
+    import pipeline.stages as stages
 
     active, peak, lock = [0], [0], threading.Lock()
     original = stages.windows_stage

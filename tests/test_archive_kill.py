@@ -33,7 +33,7 @@ def _done_windows(store: Path) -> dict[str, int]:
 
 
 def _run(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "geo4d", *args], cwd=ROOT, env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-m", "geo4d_cli", *args], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
 
 
@@ -48,7 +48,7 @@ def test_sigkill_then_rerun_recomputes_nothing_finished(tmp_path):
     for i in range(3):
         r = render(make_scene(seed=30 + i, n_frames=40, height=96, width=128))
         write_video(src / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(src / f"v{i}.gt", r)
+        write_ground_truth(src / f"v{i}.gt", r.geometry)
     env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_LOGGING_LEVEL="CRITICAL")
     env.pop("PREFECT_API_URL", None)
     args = [str(src), "--store", "STORE", "--workers", "1", "--noise-depth", "0.05", "--no-evaluate"]
@@ -96,5 +96,5 @@ def test_sigkill_then_rerun_recomputes_nothing_finished(tmp_path):
     assert c.video_ids() == s.video_ids()
     for v in s.video_ids():
         a, b = s.read_fused(v), c.read_fused(v)
-        for name in ("depth", "cam_to_world", "intrinsics"):
-            assert np.allclose(a[name], b[name], atol=1e-5), (v, name)
+        for name in ("depth", "world_from_cam", "intrinsics"):
+            assert np.allclose(getattr(a, name), getattr(b, name), atol=1e-5), (v, name)

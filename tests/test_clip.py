@@ -81,7 +81,7 @@ def test_full_size_mapping_matches_the_official_manifest(reference_dir):
 def test_check_fixture_cli_on_the_clip_fixture(reference_dir, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from geo4d.cli import main
+    from geo4d_cli import main
 
     d = reference_dir / "fixtures" / "tiny_clip"
     out = tmp_path / "out.safetensors"

@@ -26,6 +26,7 @@ from geo4d.datasets.kitti import write_kitti_sequence
 from geo4d.datasets.sintel import write_sintel_sequence
 from geo4d.datasets.tum import associate_greedy, write_tum_sequence
 from geo4d.errors import InputError
+from geo4d.geometry import Geometry
 
 
 def _poses(rng, n):
@@ -183,8 +184,10 @@ def test_sintel_synthetic_truth_rescales_intrinsics(tmp_path):
     K = np.array([[20.0, 0, 4.5], [0, 16.0, 3.5], [0, 0, 1]])
     write_sintel_sequence(tmp_path, "s", _frames(rng, T, H, W), depth, K, _poses(rng, T))
     truth = load_sequence("sintel", tmp_path, "s").synthetic_truth(size=(20, 4))
-    assert truth.depth.shape == (T, 4, 20)
+    assert isinstance(truth, Geometry) and truth.depth.shape == (T, 4, 20)
     assert np.isinf(truth.depth[:, 0]).all() and (truth.depth[:, 1:] == 5.0).all()
+    assert np.array_equal(truth.valid, np.isfinite(truth.depth))  # the ground-truth convention
+    assert truth.dynamic_mask is not None and not truth.dynamic_mask.any() and truth.fps == 24.0
     # the image centre stays the centre; focal lengths scale with the axes
     assert np.allclose(truth.intrinsics[0], [[40.0, 0, 9.5], [0, 8.0, 1.5], [0, 0, 1]])
     assert np.allclose(truth.world_from_cam[0], np.eye(4), atol=1e-12)

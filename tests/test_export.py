@@ -6,12 +6,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from geo4d.cli import main
+from geo4d_cli import main
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from geo4d import stages
+    from pipeline import stages
     from geo4d.synthetic import make_scene, render, write_video
     from storage.ground_truth import write_ground_truth
     from storage.store import Store
@@ -21,7 +21,7 @@ def store(tmp_path_factory):
     for i in range(3):
         r = render(make_scene(seed=50 + i, n_frames=20, height=48, width=64))
         write_video(d / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"v{i}.gt", r)
+        write_ground_truth(d / f"v{i}.gt", r.geometry)
         vid = stages.decode_stage(s, str(d / f"v{i}.mp4"), video_id=f"v{i}").video_id
         if i < 2:  # v2 stays only decoded
             stages.windows_stage(s, vid, {"kind": "synthetic"})
@@ -43,10 +43,10 @@ def test_export_layout_statistics_and_lazy_loading(store, tmp_path, capsys):
     r = rows["v0"]
     fused = store.read_fused("v0")
     depth = da.from_zarr(str(out / r["zarr_path"]), component="depth")
-    assert depth.shape == (20, 48, 64) and np.array_equal(depth.compute(), fused["depth"])
+    assert depth.shape == (20, 48, 64) and np.array_equal(depth.compute(), fused.depth)
     pose = da.from_zarr(str(out / r["zarr_path"]), component="world_from_cam")
     assert np.allclose(pose[0].compute(), np.eye(4), atol=1e-5)
-    valid = fused["depth"][fused["confidence"] > 0]
+    valid = fused.depth[fused.valid]
     assert np.isclose(r["depth_median"], np.median(valid)) and 0 < r["valid_fraction"] <= 1
     assert r["abs_rel"] is not None and r["abs_rel"] < 0.01 and r["path_length"] > 0
     rgb = da.from_zarr(str(out / r["zarr_path"]), component="rgb")
@@ -55,7 +55,7 @@ def test_export_layout_statistics_and_lazy_loading(store, tmp_path, capsys):
 
     ds = xr.open_zarr(str(out / r["zarr_path"]), consolidated=False)
     assert ds["depth"].dims == ("frame", "y", "x") and ds.sizes["frame"] == 20
-    assert np.array_equal(ds["depth"].isel(frame=3).values, fused["depth"][3])
+    assert np.array_equal(ds["depth"].isel(frame=3).values, fused.depth[3])
     # Re-export keeps what is already exported from the same result.
     assert main(["export", store.location, str(out), "--videos", "v0"]) == 0
     assert "keep v0" in capsys.readouterr().out

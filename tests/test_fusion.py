@@ -21,26 +21,27 @@ def _predict(T: int, noise: dict | None = None, seed: int = 0, scene_seed: int =
     from geo4d.synthetic import make_scene, render
     from geo4d.synthetic_predictor import SyntheticPredictor
 
-    gt = render(make_scene(scene_seed, n_frames=T, height=height, width=width))
+    video = render(make_scene(scene_seed, n_frames=T, height=height, width=width))
+    gt = video.geometry
     pred = SyntheticPredictor(gt, noise=noise or {}, seed=seed)
     starts = window_starts(T)
-    preds = [pred.predict_window(gt.frames[s : s + 16], s) for s in starts]
+    preds = [pred.predict_window(video.frames[s : s + 16], s) for s in starts]
     windows = {k: np.stack([getattr(p, k) for p in preds]) for k in MODALITIES}
     return gt, pred, windows, starts
 
 
 def _errors(res: FusionResult, gt) -> dict[str, float]:
-    valid = np.isfinite(gt.depth) & (res.confidence > 0)
-    s = np.median(gt.depth[valid]) / np.median(res.depth[valid])
-    abs_rel = float(np.mean(np.abs(res.depth[valid] * s - gt.depth[valid]) / gt.depth[valid]))
-    C, Cg = res.world_from_cam[:, :3, 3], gt.world_from_cam[:, :3, 3]
+    valid = np.isfinite(gt.depth) & (res.geometry.confidence > 0)
+    s = np.median(gt.depth[valid]) / np.median(res.geometry.depth[valid])
+    abs_rel = float(np.mean(np.abs(res.geometry.depth[valid] * s - gt.depth[valid]) / gt.depth[valid]))
+    C, Cg = res.geometry.world_from_cam[:, :3, 3], gt.world_from_cam[:, :3, 3]
     sc, R, t = umeyama(C, Cg)
     ate = float(np.sqrt(np.mean(np.sum((sc * C @ R.T + t - Cg) ** 2, axis=1))))
     path = float(np.sum(np.linalg.norm(np.diff(Cg, axis=0), axis=1)))
-    rel_e = invert_pose(res.world_from_cam[:-1]) @ res.world_from_cam[1:]
+    rel_e = invert_pose(res.geometry.world_from_cam[:-1]) @ res.geometry.world_from_cam[1:]
     rel_g = invert_pose(gt.world_from_cam[:-1]) @ gt.world_from_cam[1:]
     rpe_r = float(np.sqrt(np.mean(rotation_angle_deg(np.swapaxes(rel_e[:, :3, :3], -1, -2) @ rel_g[:, :3, :3]) ** 2)))
-    f, fg = res.intrinsics[:, 0, 0], gt.intrinsics[:, 0, 0]
+    f, fg = res.geometry.intrinsics[:, 0, 0], gt.intrinsics[:, 0, 0]
     return {"abs_rel": abs_rel, "ate_rel": ate / path, "rpe_r": rpe_r, "focal": float(np.max(np.abs(f - fg) / fg))}
 
 
@@ -53,28 +54,28 @@ def clean():
 def test_clean_input_is_recovered_exactly(clean):
     gt, windows, starts, res = clean
     T = gt.depth.shape[0]
-    assert res.depth.shape == (T, H, W) and res.depth.dtype == np.float32
-    assert res.points.shape == (T, H, W, 3) and res.intrinsics.shape == (T, 3, 3)
-    assert np.array_equal(res.world_from_cam[0], np.eye(4))
+    assert res.geometry.depth.shape == (T, H, W) and res.geometry.depth.dtype == np.float32
+    assert res.geometry.points.shape == (T, H, W, 3) and res.geometry.intrinsics.shape == (T, 3, 3)
+    assert np.array_equal(res.geometry.world_from_cam[0], np.eye(4))
     e = _errors(res, gt)
     assert e["ate_rel"] < 1e-4, e
     assert e["abs_rel"] < 1e-4, e
     assert e["rpe_r"] < 0.01, e
     assert e["focal"] < 1e-3, e
-    assert np.allclose(res.intrinsics[0, :2, 2], gt.intrinsics[0, :2, 2], atol=0.05)
+    assert np.allclose(res.geometry.intrinsics[0, :2, 2], gt.intrinsics[0, :2, 2], atol=0.05)
     # Sky: depth 0 and confidence 0 exactly where the ground truth is infinite.
     sky = ~np.isfinite(gt.depth)
     assert sky.any()
-    assert np.array_equal(res.confidence == 0, sky)
-    assert (res.depth[sky] == 0).all() and (res.points[sky] == 0).all()
+    assert np.array_equal(res.geometry.confidence == 0, sky)
+    assert (res.geometry.depth[sky] == 0).all() and (res.geometry.points[sky] == 0).all()
     # Gauge: frame 0's median valid depth is 1; depth and poses share it (points = pose · depth ray).
-    assert np.median(res.depth[0][res.confidence[0] > 0]) == pytest.approx(1.0, rel=1e-6)
-    rays = unproject_depth(res.depth[5].astype(np.float64), res.intrinsics[5])
-    pts = rays @ res.world_from_cam[5, :3, :3].T + res.world_from_cam[5, :3, 3]
-    assert np.allclose(pts[~sky[5]], res.points[5][~sky[5]], atol=1e-4)
+    assert np.median(res.geometry.depth[0][res.geometry.confidence[0] > 0]) == pytest.approx(1.0, rel=1e-6)
+    rays = unproject_depth(res.geometry.depth[5].astype(np.float64), res.geometry.intrinsics[5])
+    pts = rays @ res.geometry.world_from_cam[5, :3, :3].T + res.geometry.world_from_cam[5, :3, 3]
+    assert np.allclose(pts[~sky[5]], res.geometry.points[5][~sky[5]], atol=1e-4)
     # World scale: one factor maps our camera centres and depths to the ground truth's.
     k = np.median(gt.depth[0][~sky[0]])
-    assert np.allclose(res.world_from_cam[:, :3, 3] * k, gt.world_from_cam[:, :3, 3], atol=1e-4 * k)
+    assert np.allclose(res.geometry.world_from_cam[:, :3, 3] * k, gt.world_from_cam[:, :3, 3], atol=1e-4 * k)
     assert res.diagnostics["flagged_windows"] == []
     json.dumps(res.diagnostics, allow_nan=False)
 
@@ -112,7 +113,7 @@ def test_first_window_corrupted_still_recovers_the_trajectory():
     gt, pred, windows, starts = _predict(32, {"pose_jitter_deg": 0.0}, seed=0)
     noisy = SyntheticPredictor(gt, noise={"corrupt_windows": 0}, seed=0)
     noisy.corrupted_starts = [0]
-    p0 = noisy.predict_window(gt.frames[0:16], 0)
+    p0 = noisy.predict_window(np.zeros((16, H, W, 3), np.uint8), 0)  # the pixels are not looked at
     bad = {k: v.copy() for k, v in windows.items()}
     for k in MODALITIES:
         bad[k][0] = getattr(p0, k)
@@ -144,8 +145,8 @@ def test_sky_pixels_never_touch_the_poses(clean):
     bad["pointmap"][sky] = rng.normal(0, 1e3, size=(int(sky.sum()), 3))
     bad["disparity"][sky] = rng.uniform(-5, 5, size=int(sky.sum()))
     res2 = fuse(bad, starts, 32)
-    assert np.allclose(res2.world_from_cam, res.world_from_cam, atol=1e-9)
-    assert np.allclose(res2.depth, res.depth, rtol=1e-6)
+    assert np.allclose(res2.geometry.world_from_cam, res.geometry.world_from_cam, atol=1e-9)
+    assert np.allclose(res2.geometry.depth, res.geometry.depth, rtol=1e-6)
 
 
 def test_inputs_with_wrong_layout_get_one_line_errors(clean):
@@ -161,10 +162,46 @@ def test_inputs_with_wrong_layout_get_one_line_errors(clean):
     # Without the ray term the ray arrays are not needed.
     fuse({k: v for k, v in windows.items() if k not in ("ray_dir", "ray_moment")}, starts, 32,
          config={"alpha_rays": 0, "iterations": 2})
-    with pytest.raises(InputError, match="alpha_pointmap must be > 0"):
-        FusionConfig(alpha_pointmap=0)
-    with pytest.raises(InputError, match="unknown setting"):
-        FusionConfig.from_dict({"alpha_ray": 1.0})
+    with pytest.raises(InputError, match=r"^fusion: unknown key 'alpha_ray' \(allowed: "):
+        fuse(windows, starts, 32, config={"alpha_ray": 1.0})
+
+
+def test_unknown_fusion_key_is_named_with_the_allowed_ones():
+    with pytest.raises(InputError) as exc:
+        FusionConfig.parse({"alpha_ray": 1.0})
+    allowed = ", ".join(sorted(FusionConfig.model_fields))
+    assert str(exc.value) == f"FusionConfig: unknown key 'alpha_ray' (allowed: {allowed})"
+    assert "\n" not in str(exc.value) and "alpha_rays" in allowed
+
+
+@pytest.mark.parametrize("bad", [
+    {"outlier_weight": 1.5}, {"iterations": 2.5}, {"iterations": -1}, {"robust_rounds": 0}, {"conf_clip": 0},
+    {"smooth_rot_deg": float("inf")}, {"samples_per_frame": 8}, {"disparity_min": float("nan")},
+    {"alpha_rays": -0.5}, {"alpha_smooth": True}, {"iterations": "20"},
+])
+def test_out_of_range_fusion_value_is_refused_with_its_name(bad):
+    name = next(iter(bad))
+    with pytest.raises(InputError) as exc:
+        FusionConfig.parse(bad, what="fusion")
+    msg = str(exc.value)
+    assert msg.startswith(f"fusion: {name}: ") and msg.endswith(f"(got {bad[name]!r})") and "\n" not in msg, msg
+
+
+def test_fusion_config_is_a_frozen_spec_with_the_old_defaults():
+    with pytest.raises(InputError, match=r"^fusion: alpha_pointmap: must be > 0 \(the point maps carry the only depth"):
+        FusionConfig.parse({"alpha_pointmap": 0}, what="fusion")
+    cfg = FusionConfig.parse(None)
+    assert cfg == FusionConfig() and FusionConfig.parse(cfg) is cfg
+    assert FusionConfig.parse({"iterations": 5}).iterations == 5
+    assert cfg.fingerprint_dict() == {
+        "alpha_pointmap": 1.0, "alpha_disparity": 1.0, "alpha_rays": 1.0, "alpha_smooth": 1.0, "shared_focal": True,
+        "estimate_principal_point": True, "pointmap_z_offset": False, "conf_clip": 10.0, "disparity_min": None,
+        "robust_scale": 4.0, "outlier_weight": 0.25, "smooth_rot_deg": 0.05, "smooth_trans": 0.001, "iterations": 20,
+        "robust_rounds": 3, "samples_per_frame": 768, "depth_spread": 0.05,
+    }
+    with pytest.raises(ValueError):  # frozen: settings change through model_copy(update=...)
+        cfg.iterations = 3
+    assert cfg.model_copy(update={"iterations": 3}).iterations == 3 and cfg.iterations == 20
 
 
 def test_zarr_float16_windows_and_progress(clean, tmp_path):
@@ -228,10 +265,10 @@ def _zoom_windows(T: int, seed: int = 0):
 def test_per_frame_focal_option():
     windows, starts, focal, P = _zoom_windows(24)
     res = fuse(windows, starts, 24, config=FusionConfig(shared_focal=False))
-    f = res.intrinsics[:, 0, 0]
+    f = res.geometry.intrinsics[:, 0, 0]
     assert np.max(np.abs(f - focal) / focal) < 1e-3
-    assert np.allclose(res.world_from_cam[:, :3, :3], P[:, :3, :3], atol=1e-4)
-    shared = fuse(windows, starts, 24).intrinsics[:, 0, 0]
+    assert np.allclose(res.geometry.world_from_cam[:, :3, :3], P[:, :3, :3], atol=1e-4)
+    shared = fuse(windows, starts, 24).geometry.intrinsics[:, 0, 0]
     assert np.ptp(shared) == 0.0  # one focal for the video
 
 
@@ -262,20 +299,20 @@ def test_beats_the_official_optimiser_on_its_fixture(reference_dir):
     res = fuse(win, starts, T, config=FusionConfig(pointmap_z_offset=True, alpha_rays=0))
     gtP = np.tile(np.eye(4), (T, 1, 1))
     gtP[:, :3, :3], gtP[:, :3, 3] = z["gt_R_c2w"], z["gt_C"]
-    C, Cg = res.world_from_cam[:, :3, 3], gtP[:, :3, 3]
+    C, Cg = res.geometry.world_from_cam[:, :3, 3], gtP[:, :3, 3]
     s, R, t = umeyama(C, Cg)
     ate = float(np.sqrt(np.mean(np.sum((s * C @ R.T + t - Cg) ** 2, axis=1))))
-    rel_e = invert_pose(res.world_from_cam[:-1]) @ res.world_from_cam[1:]
+    rel_e = invert_pose(res.geometry.world_from_cam[:-1]) @ res.geometry.world_from_cam[1:]
     rel_g = invert_pose(gtP[:-1]) @ gtP[1:]
     rpe_r = float(np.sqrt(np.mean(rotation_angle_deg(np.swapaxes(rel_e[:, :3, :3], -1, -2) @ rel_g[:, :3, :3]) ** 2)))
     gd = z["gt_depth"]
-    m = res.depth > 0
-    k = np.median(gd[m]) / np.median(res.depth[m])
-    abs_rel = float(np.mean(np.abs(res.depth[m] * k - gd[m]) / gd[m]))
+    m = res.geometry.depth > 0
+    k = np.median(gd[m]) / np.median(res.geometry.depth[m])
+    abs_rel = float(np.mean(np.abs(res.geometry.depth[m] * k - gd[m]) / gd[m]))
     off = summary["official_eval"]
     assert ate < 1.5 * off["ATE"], (ate, off)
     assert rpe_r < off["RPE_rot_deg"], (rpe_r, off)
-    assert abs(res.intrinsics[0, 0, 0] - summary["gt_focal"]) < abs(summary["final_focal"] - summary["gt_focal"])
+    assert abs(res.geometry.intrinsics[0, 0, 0] - summary["gt_focal"]) < abs(summary["final_focal"] - summary["gt_focal"])
     assert abs_rel < summary["depth_absrel_after_median_scale"], abs_rel
     # The windows' z offsets are recovered (official normaliser: lower / scale).
     for wd, wref in zip(res.diagnostics["windows"], summary["windows"]):

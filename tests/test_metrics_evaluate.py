@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geo4d.cli import main as cli
+from geo4d_cli import main as cli
 
 pytestmark = pytest.mark.usefixtures("prefect_env")
 
@@ -20,7 +20,8 @@ def sintel_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench") / "training"
     for seed, name in ((3, "alley_2"), (4, "bamboo_1")):  # alley_2 is a pose sequence, bamboo_1 depth only
         v = render(make_scene(seed, n_frames=16, height=40, width=56))
-        write_sintel_sequence(root, name, v.frames, v.depth, v.intrinsics, v.world_from_cam)
+        g = v.geometry
+        write_sintel_sequence(root, name, v.frames, g.depth, g.intrinsics, g.world_from_cam)
     return root
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from geo4d.cli import main as cli
+from geo4d_cli import main as cli
 from geo4d.datasets.formats import write_depth_png, write_dpt
 from geo4d.errors import InputError
 from geo4d.metrics import depth_metrics

@@ -17,7 +17,7 @@ def _fixture_dirs(reference_dir: Path) -> list[Path]:
 def test_check_fixture_cli_all_stages_within_tolerance(reference_dir, tmp_path, capsys):
     from safetensors.torch import load_file
 
-    from geo4d.cli import main
+    from geo4d_cli import main
 
     dirs = _fixture_dirs(reference_dir)
     assert dirs, "no parity fixture with model.ckpt + cases.safetensors found"
@@ -50,7 +50,7 @@ def test_check_fixture_cli_all_stages_within_tolerance(reference_dir, tmp_path, 
 
 def test_check_fixture_reports_failure_for_wrong_weights(reference_dir, tmp_path, capsys):
     """A perturbed U-Net weight (image value projection) must make check-fixture fail (exit 1) on unet.out."""
-    from geo4d.cli import main
+    from geo4d_cli import main
 
     d = reference_dir / "fixtures" / "tiny"
     if not (d / "model.ckpt").is_file():
@@ -69,7 +69,7 @@ def test_check_fixture_reports_failure_for_wrong_weights(reference_dir, tmp_path
 
 
 def test_check_fixture_missing_pointmap_vae_is_reported(reference_dir, tmp_path, capsys):
-    from geo4d.cli import main
+    from geo4d_cli import main
 
     d = reference_dir / "fixtures" / "tiny"
     rc = main(["check-fixture", "--config", str(d / "config.yaml"), "--checkpoint", str(d / "model.ckpt"),
@@ -81,7 +81,7 @@ def test_check_fixture_missing_pointmap_vae_is_reported(reference_dir, tmp_path,
 
 
 def test_check_fixture_bad_out_path(reference_dir, tmp_path, capsys):
-    from geo4d.cli import main
+    from geo4d_cli import main
 
     d = reference_dir / "fixtures" / "tiny"
     rc = main(["check-fixture", "--config", str(d / "config.yaml"), "--checkpoint", str(d / "model.ckpt"),

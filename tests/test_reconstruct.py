@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geo4d.cli import main as cli
+from geo4d_cli import main as cli
 from storage.store import Store
 
 T, H, W = 24, 48, 64
@@ -20,7 +20,7 @@ def _synth(dirpath: Path, name: str, frames: int = T, seed: int = 0) -> Path:
 
     r = render(make_scene(seed=seed, n_frames=frames, height=H, width=W))
     write_video(dirpath / f"{name}.mp4", r.frames, fps=10)
-    write_ground_truth(dirpath / f"{name}.gt", r)
+    write_ground_truth(dirpath / f"{name}.gt", r.geometry)
     return dirpath / f"{name}.mp4"
 
 
@@ -50,8 +50,8 @@ def test_clean_synthetic_video_is_recovered(scene, tmp_path, prefect_env):
     recs = s.stage_records(vid)
     assert [recs[k]["status"] for k in ("decode", "windows", "fuse", "evaluate")] == ["complete"] * 4
     fused = s.read_fused(vid)
-    assert np.allclose(fused["cam_to_world"][0], np.eye(4), atol=1e-5)
-    assert fused["depth"].shape == (T, H, W)
+    assert np.allclose(fused.world_from_cam[0], np.eye(4), atol=1e-5)
+    assert fused.depth.shape == (T, H, W)
     # A second run finds everything complete and recomputes nothing.
     res2 = reconstruct_video(str(scene), str(store), predictor={"kind": "synthetic"})
     assert all(res2[k]["skipped"] for k in ("decode", "windows", "fuse", "evaluate"))
@@ -59,7 +59,7 @@ def test_clean_synthetic_video_is_recovered(scene, tmp_path, prefect_env):
 
 
 def test_interrupted_after_windows_rerun_predicts_no_window(scene, tmp_path, prefect_env, monkeypatch):
-    import geo4d.fusion
+    import pipeline.stages
     from flows.reconstruct import reconstruct_video
     from geo4d.synthetic_predictor import SyntheticPredictor
 
@@ -77,7 +77,7 @@ def test_interrupted_after_windows_rerun_predicts_no_window(scene, tmp_path, pre
 
     store = tmp_path / "s.zarr"
     with monkeypatch.context() as m:
-        m.setattr(geo4d.fusion, "fuse", crash)
+        m.setattr(pipeline.stages, "fuse", crash)
         with pytest.raises(RuntimeError, match="simulated crash"):
             reconstruct_video(str(scene), str(store), predictor={"kind": "synthetic"})
     n_windows = len(calls)
@@ -158,5 +158,5 @@ def test_fuse_command_on_a_store_written_by_another_tool(scene, tmp_path, capsys
     fused = Store(tmp_path / "foreign.zarr", mode="r").read_fused("clip7")
     from geo4d.metrics import pose_metrics
 
-    pm = pose_metrics(fused["cam_to_world"], gt.world_from_cam)
+    pm = pose_metrics(fused.world_from_cam, gt.world_from_cam)
     assert pm["ate_rel"] < 0.01, pm

@@ -16,7 +16,7 @@ pytest.importorskip("torch")
 def test_reconstruct_with_the_network_predictor(reference_dir, tmp_path, capsys, prefect_env):
     from safetensors.torch import load_file
 
-    from geo4d.cli import main
+    from geo4d_cli import main
     from geo4d.synthetic import make_scene, render, write_video
     from geo4d_model.context import cache_path, constant_context
     from geo4d_model.loader import load_official
@@ -46,7 +46,7 @@ def test_reconstruct_with_the_network_predictor(reference_dir, tmp_path, capsys,
     assert np.allclose(np.linalg.norm(arrays["ray_dir"][1], axis=-1), 1, atol=1e-4)
     assert (arrays["pointmap_conf"][:] >= 0).all()
     fused = s.read_fused(vid)
-    assert fused["depth"].shape == (20, 32, 48) and np.allclose(fused["cam_to_world"][0], np.eye(4), atol=1e-5)
+    assert fused.depth.shape == (20, 32, 48) and np.allclose(fused.world_from_cam[0], np.eye(4), atol=1e-5)
     # The rerun skips every stage; a wrong size is a one-line error.
     assert main(args) == 0
     assert s.stage_record(vid, "windows")["finished_at"] == rec["finished_at"]

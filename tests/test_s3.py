@@ -42,14 +42,14 @@ def test_reconstruct_status_and_manifest_on_s3(s3, tmp_path, prefect_env):
 
     r = render(make_scene(seed=4, n_frames=20, height=48, width=64))
     write_video(tmp_path / "v.mp4", r.frames, fps=10)
-    write_ground_truth(tmp_path / "v.gt", r)
+    write_ground_truth(tmp_path / "v.gt", r.geometry)
     url = "s3://geo4d-test/runs.zarr"
     res = reconstruct_video(str(tmp_path / "v.mp4"), url, predictor={"kind": "synthetic"}, storage_options=s3)
     assert res["evaluate"]["details"]["metrics"]["ate_rel"] < 0.01
     store = Store(url, mode="r", storage_options=s3)
     vid = res["video_id"]
     assert store.is_complete(vid, "fuse")
-    assert np.allclose(store.read_fused(vid)["cam_to_world"][0], np.eye(4), atol=1e-5)
+    assert np.allclose(store.read_fused(vid).world_from_cam[0], np.eye(4), atol=1e-5)
     again = reconstruct_video(str(tmp_path / "v.mp4"), url, predictor={"kind": "synthetic"}, storage_options=s3)
     assert again["windows"]["skipped"] and again["fuse"]["skipped"]
     location = write_manifest(store, s3)

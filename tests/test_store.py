@@ -9,6 +9,7 @@ import pytest
 import zarr
 
 from geo4d.errors import StoreError
+from geo4d.geometry import Geometry
 from geo4d.predictor import WindowPrediction
 from storage.store import Store, VideoInfo, stage_fingerprint, video_id_for
 
@@ -112,12 +113,16 @@ def test_video_id_is_stable_and_content_based(tmp_path):
 def test_fused_roundtrip_and_shape_check(tmp_path):
     s = Store(tmp_path / "s.zarr")
     s.ensure_video(_info(T=3))
-    arrays = {
-        "depth": np.ones((3, 4, 6)), "confidence": np.ones((3, 4, 6)), "intrinsics": np.tile(np.eye(3), (3, 1, 1)),
-        "cam_to_world": np.tile(np.eye(4), (3, 1, 1)), "points": np.zeros((3, 4, 6, 3)),
-    }
-    s.write_fused("v1", arrays, attrs={"diagnostics": {"x": 1}})
+    conf = np.ones((3, 4, 6))
+    fused = Geometry(np.ones((3, 4, 6)), conf > 0, np.tile(np.eye(3), (3, 1, 1)), np.tile(np.eye(4), (3, 1, 1)),
+                     points=np.zeros((3, 4, 6, 3)), confidence=conf)
+    s.write_fused("v1", fused, diagnostics={"x": 1})
     out = s.read_fused("v1")
-    assert out["cam_to_world"].shape == (3, 4, 4) and out["depth"].dtype == np.float32
+    assert out.world_from_cam.shape == (3, 4, 4) and out.depth.dtype == np.float32 and out.valid.all()
+    assert out.meta["diagnostics"] == {"x": 1}
+    # The on-disk name of the poses is the store's (docs/store.md), not the record's.
+    assert "cam_to_world" in zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["videos/v1/fused"]
+    short = Geometry(np.ones((2, 4, 6)), conf[:2] > 0, fused.intrinsics[:2], fused.world_from_cam[:2],
+                     points=fused.points[:2], confidence=conf[:2])
     with pytest.raises(ValueError, match="expected 3 frames"):
-        s.write_fused("v1", {**arrays, "depth": np.ones((2, 4, 6))})
+        s.write_fused("v1", short)

@@ -9,7 +9,8 @@ import pytest
 
 from geo4d.cameras import invert_pose, is_rotation, project_points, rotation_angle_deg, transform_points
 from geo4d.errors import InputError
-from geo4d.synthetic import make_scene, render, write_video
+from geo4d.geometry import Geometry
+from geo4d.synthetic import RenderedVideo, make_scene, render, write_video
 from storage.ground_truth import (
     find_ground_truth,
     ground_truth_dir,
@@ -21,13 +22,34 @@ T, H, W = 20, 64, 96
 
 
 @pytest.fixture(scope="module")
-def rendered():
+def video() -> RenderedVideo:
     return render(make_scene(seed=7, n_frames=T, height=H, width=W))
+
+
+@pytest.fixture(scope="module")
+def rendered(video) -> Geometry:
+    """The rendered video's exact geometry."""
+    return video.geometry
+
+
+def test_rendered_video_is_frames_plus_one_geometry_record(video):
+    assert video.frames.shape == (T, H, W, 3) and video.frames.dtype == np.uint8
+    assert video.seed == 7
+    g = video.geometry
+    assert isinstance(g, Geometry)
+    assert (g.n_frames, g.height, g.width) == (T, H, W)
+    np.testing.assert_array_equal(g.valid, np.isfinite(g.depth))
+    assert g.fps == 10.0 and g.points is None and g.confidence is None
+    assert g.meta["synthetic"] is True and g.meta["seed"] == 7 and g.meta["generator"] == "geo4d.synthetic/1"
+    assert g.meta["scene"]["n_frames"] == T and "intrinsics" in g.meta["scene"]
+    json.dumps(g.meta)  # JSON-able
+    # no duplicated geometry fields on the video itself
+    for name in ("depth", "intrinsics", "world_from_cam", "dynamic_mask", "fps", "meta", "n_frames"):
+        assert not hasattr(video, name), name
 
 
 def test_shapes_dtypes_and_frame0_identity(rendered):
     r = rendered
-    assert r.frames.shape == (T, H, W, 3) and r.frames.dtype == np.uint8
     assert r.depth.shape == (T, H, W) and r.depth.dtype == np.float32
     assert r.intrinsics.shape == (T, 3, 3)
     assert r.world_from_cam.shape == (T, 4, 4)
@@ -40,17 +62,19 @@ def test_shapes_dtypes_and_frame0_identity(rendered):
     assert (r.intrinsics == K).all()
 
 
-def test_deterministic_per_seed_and_different_across_seeds(rendered):
+def test_deterministic_per_seed_and_different_across_seeds(video):
     again = render(make_scene(seed=7, n_frames=T, height=H, width=W))
-    for name in ("frames", "depth", "intrinsics", "world_from_cam", "dynamic_mask"):
-        np.testing.assert_array_equal(getattr(again, name), getattr(rendered, name), err_msg=name)
+    np.testing.assert_array_equal(again.frames, video.frames)
+    for name in ("depth", "valid", "intrinsics", "world_from_cam", "dynamic_mask"):
+        np.testing.assert_array_equal(getattr(again.geometry, name), getattr(video.geometry, name), err_msg=name)
+    assert again.geometry.meta == video.geometry.meta
     other = render(make_scene(seed=8, n_frames=T, height=H, width=W))
-    assert not np.array_equal(other.frames, rendered.frames)
-    assert not np.allclose(other.world_from_cam, rendered.world_from_cam)
+    assert not np.array_equal(other.frames, video.frames)
+    assert not np.allclose(other.geometry.world_from_cam, video.geometry.world_from_cam)
 
 
-def test_content_sky_ground_motion(rendered):
-    r = rendered
+def test_content_sky_ground_motion(video):
+    r = video.geometry
     sky = np.isinf(r.depth)
     assert not np.isnan(r.depth).any()
     finite = r.depth[~sky]
@@ -70,16 +94,13 @@ def test_content_sky_ground_motion(rendered):
     step_rot = rotation_angle_deg(np.swapaxes(r.world_from_cam[:-1, :3, :3], 1, 2) @ r.world_from_cam[1:, :3, :3])
     assert step_rot.max() < 6
     # textured: frames are not flat colour
-    assert r.frames.reshape(T, -1, 3).std(axis=1).mean() > 20
+    assert video.frames.reshape(T, -1, 3).std(axis=1).mean() > 20
 
 
 def test_points_reproject_to_their_pixels_in_every_frame(rendered):
     """GT depth → world points (via K and world_from_cam) → project into the same camera = the pixel."""
     r = rendered
-    from storage.ground_truth import GroundTruth
-
-    gt = GroundTruth(r.depth, r.intrinsics, r.world_from_cam, r.dynamic_mask, r.fps)
-    Xw = gt.points_world()
+    Xw = r.points_world()
     v, u = np.mgrid[0:H, 0:W]
     for i in (0, T // 2, T - 1):
         Xc = transform_points(invert_pose(r.world_from_cam[i]), Xw[i])
@@ -93,10 +114,7 @@ def test_points_reproject_to_their_pixels_in_every_frame(rendered):
 def test_static_points_are_consistent_across_frames(rendered):
     """A static surface point seen in frame 0 projects, in a later frame, onto a pixel whose depth agrees."""
     r = rendered
-    from storage.ground_truth import GroundTruth
-
-    gt = GroundTruth(r.depth, r.intrinsics, r.world_from_cam, r.dynamic_mask, r.fps)
-    Xw = gt.points_world()[0]
+    Xw = r.points_world()[0]
     sel = np.isfinite(r.depth[0]) & ~r.dynamic_mask[0]
     j = T // 4
     Xc = transform_points(invert_pose(r.world_from_cam[j]), Xw[sel])
@@ -189,9 +207,10 @@ def test_malformed_ground_truth_names_the_file(rendered, tmp_path, breakage, fra
     assert fragment in msg and str(d) in msg and "\n" not in msg
 
 
-def test_video_decodes_to_the_right_frames(rendered, tmp_path):
+def test_video_decodes_to_the_right_frames(video, tmp_path):
     import av
 
+    rendered = video
     path = write_video(tmp_path / "v" / "clip.mp4", rendered.frames, fps=10)
     with av.open(str(path)) as c:
         stream = c.streams.video[0]
@@ -222,7 +241,7 @@ def test_make_scene_rejects_bad_arguments():
 
 
 def test_cli_synth_writes_videos_and_ground_truth(tmp_path, capsys):
-    from geo4d.cli import main
+    from geo4d_cli import main
     from geo4d.video import read_video
 
     out = tmp_path / "data"
@@ -237,11 +256,11 @@ def test_cli_synth_writes_videos_and_ground_truth(tmp_path, capsys):
         gt = read_ground_truth(find_ground_truth(video))
         assert gt.depth.shape == (6, 32, 48) and gt.meta["seed"] == seed
         ref = render(make_scene(seed, 6, 32, 48))
-        np.testing.assert_array_equal(gt.depth, ref.depth)
+        np.testing.assert_array_equal(gt.depth, ref.geometry.depth)
 
 
 def test_cli_synth_bad_arguments(tmp_path, capsys):
-    from geo4d.cli import main
+    from geo4d_cli import main
 
     assert main(["synth", str(tmp_path / "o"), "--height", "33"]) == 2
     err = capsys.readouterr().err

@@ -7,6 +7,7 @@ import pytest
 
 from geo4d.cameras import invert_pose, rotation_angle_deg, transform_points, unproject_depth
 from geo4d.errors import InputError
+from geo4d.geometry import Geometry
 from geo4d.predictor import WindowPrediction, WindowPredictor
 from geo4d.synthetic import make_scene, render
 from geo4d.synthetic_predictor import SyntheticNoise, SyntheticPredictor
@@ -16,8 +17,8 @@ T, H, W, V = 28, 48, 64, 16
 
 
 @pytest.fixture(scope="module")
-def gt():
-    return render(make_scene(seed=3, n_frames=T, height=H, width=W))
+def gt() -> Geometry:
+    return render(make_scene(seed=3, n_frames=T, height=H, width=W)).geometry
 
 
 def _frames(n=V):
@@ -200,15 +201,68 @@ def test_bad_inputs(gt):
         p.predict_window(_frames(), T - V + 1)
     with pytest.raises(InputError, match="corrupt_windows=9 but the video has only"):
         SyntheticPredictor(gt, noise=SyntheticNoise(corrupt_windows=9))
-    with pytest.raises(InputError, match="depth_noise"):
-        SyntheticNoise(depth_noise=-0.1)
-    with pytest.raises(InputError, match="unknown setting"):
-        SyntheticNoise.from_dict({"depth_nosie": 0.1})
+    with pytest.raises(InputError, match="must be a geo4d.geometry.Geometry, got dict"):
+        SyntheticPredictor({"depth": gt.depth})
     assert SyntheticPredictor(gt, noise={"depth_noise": 0.02}).noise.depth_noise == 0.02
 
 
+def test_noise_is_a_frozen_spec_with_the_old_fields_and_defaults():
+    n = SyntheticNoise.parse(None)
+    assert n == SyntheticNoise() and n.fingerprint_dict() == {
+        "depth_noise": 0.0, "depth_noise_cells": 4.0, "pose_jitter_deg": 0.0, "pose_jitter_trans": 0.0,
+        "corrupt_windows": 0, "corrupt_deg": 15.0, "pointmap_z_offset": False,
+    }
+    assert not hasattr(SyntheticNoise, "from_dict")
+    assert SyntheticNoise.parse(n) is n
+    with pytest.raises(Exception):  # frozen
+        n.depth_noise = 0.1  # type: ignore[misc]
+    assert SyntheticNoise.parse({"corrupt_windows": 2, "pointmap_z_offset": True}).corrupt_windows == 2
+
+
+def test_unknown_noise_key_is_refused_naming_it_and_the_allowed_keys(gt):
+    with pytest.raises(InputError) as exc:
+        SyntheticNoise.parse({"depth_nosie": 0.1})
+    msg = str(exc.value)
+    assert "'depth_nosie'" in msg and "\n" not in msg
+    for key in SyntheticNoise.model_fields:
+        assert key in msg, key
+    with pytest.raises(InputError, match="depth_nosie.*allowed: corrupt_deg, corrupt_windows, depth_noise"):
+        SyntheticPredictor(gt, noise={"depth_nosie": 0.1})
+
+
+@pytest.mark.parametrize("field, value", [("depth_noise", -0.1), ("pose_jitter_deg", -1.0),
+                                          ("pose_jitter_trans", -0.01), ("corrupt_deg", -5.0),
+                                          ("corrupt_windows", -1), ("depth_noise_cells", 0.5),
+                                          ("depth_noise", float("nan")), ("corrupt_windows", 1.5)])
+def test_out_of_range_noise_is_refused_naming_the_field(field, value):
+    with pytest.raises(InputError) as exc:
+        SyntheticNoise.parse({field: value})
+    msg = str(exc.value)
+    assert msg.startswith(f"SyntheticNoise: {field}:") and "\n" not in msg, msg
+
+
+def test_parameters_record_the_noise_spec_and_the_source(gt):
+    noise = SyntheticNoise(depth_noise=0.01, corrupt_windows=1)
+    p = SyntheticPredictor(gt, noise=noise, seed=2, source="data/clip.gt/")
+    params = p.parameters()
+    assert params["noise"] == noise.fingerprint_dict()
+    assert params["ground_truth"] == "data/clip.gt"
+    assert SyntheticPredictor(gt).parameters()["ground_truth"] == "in-memory ground truth"
+
+
+def test_invalid_pixels_follow_the_valid_mask_whatever_the_depth_marker(gt):
+    """A Geometry whose invalid depth is 0 (the fusion's marker) predicts like the +inf ground truth."""
+    import dataclasses
+
+    zeros = dataclasses.replace(gt, depth=np.where(gt.valid, gt.depth, 0.0).astype(np.float32), dynamic_mask=None)
+    a = SyntheticPredictor(dataclasses.replace(gt, dynamic_mask=None), seed=1).predict_window(_frames(), 4)
+    b = SyntheticPredictor(zeros, seed=1).predict_window(_frames(), 4)
+    for name in a.as_dict():
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
 def test_predict_windows_and_spec(gt, tmp_path):
-    from geo4d.predictor import predictor_from_spec
+    from pipeline.predictors import predictor_from_spec
     from storage.ground_truth import write_ground_truth
 
     p = SyntheticPredictor(gt, seed=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from geo4d.geometry import Geometry
 from geo4d.validation import ValidationError, validate_fused, validate_metrics, validate_windows
 
 T, H, W = 6, 8, 12
@@ -12,8 +13,8 @@ T, H, W = 6, 8, 12
 
 def _fused():
     K = np.tile(np.array([[10.0, 0, 6], [0, 10.0, 4], [0, 0, 1]]), (T, 1, 1))
-    return {"depth": np.ones((T, H, W)), "confidence": np.ones((T, H, W)), "intrinsics": K,
-            "cam_to_world": np.tile(np.eye(4), (T, 1, 1))}
+    conf = np.ones((T, H, W))
+    return Geometry(np.ones((T, H, W)), conf > 0, K, np.tile(np.eye(4), (T, 1, 1)), confidence=conf)
 
 
 def _windows():
@@ -25,15 +26,15 @@ def _windows():
 def test_fused_checks():
     validate_fused(_fused(), H, W)
     f = _fused()
-    f["cam_to_world"][3, :3, :3] *= 1.1
+    f.world_from_cam[3, :3, :3] *= 1.1
     with pytest.raises(ValidationError, match="fuse: expectation expect_column_values_to_be_between failed on orthonormality_error"):
         validate_fused(f, H, W)
     f = _fused()
-    f["depth"][2, 1, 1] = -1.0
+    f.depth[2, 1, 1] = -1.0
     with pytest.raises(ValidationError, match="min_confident_depth"):
         validate_fused(f, H, W)
     f = _fused()
-    f["intrinsics"][:, 0, 2] = 50.0
+    f.intrinsics[:, 0, 2] = 50.0
     with pytest.raises(ValidationError, match="on cx"):
         validate_fused(f, H, W)
 
@@ -57,14 +58,14 @@ def test_window_and_metric_checks():
 
 def test_a_failed_expectation_marks_the_stage_failed(tmp_path, monkeypatch):
     import geo4d.fusion
-    from geo4d import stages
+    from pipeline import stages
     from geo4d.synthetic import make_scene, render, write_video
     from storage.ground_truth import write_ground_truth
     from storage.store import Store
 
     r = render(make_scene(seed=7, n_frames=20, height=48, width=64))
     write_video(tmp_path / "v.mp4", r.frames, fps=10)
-    write_ground_truth(tmp_path / "v.gt", r)
+    write_ground_truth(tmp_path / "v.gt", r.geometry)
     s = Store(tmp_path / "s.zarr")
     vid = stages.decode_stage(s, str(tmp_path / "v.mp4")).video_id
     stages.windows_stage(s, vid, {"kind": "synthetic"})
@@ -72,10 +73,10 @@ def test_a_failed_expectation_marks_the_stage_failed(tmp_path, monkeypatch):
 
     def broken(*a, **k):
         res = real(*a, **k)
-        res.world_from_cam[5, :3, :3] *= 2.0  # not a rotation
+        res.geometry.world_from_cam[5, :3, :3] *= 2.0  # not a rotation
         return res
 
-    monkeypatch.setattr(geo4d.fusion, "fuse", broken)
+    monkeypatch.setattr(stages, "fuse", broken)
     with pytest.raises(ValidationError, match="orthonormality_error"):
         stages.fuse_stage(s, vid)
     rec = s.stage_record(vid, "fuse")
@@ -85,7 +86,7 @@ def test_a_failed_expectation_marks_the_stage_failed(tmp_path, monkeypatch):
 
 def test_out_of_memory_retries_with_fewer_windows_per_call(tmp_path):
     """CUDA OOM in the sampling stage: halve the windows per call and resume only the missing windows."""
-    from geo4d import stages
+    from pipeline import stages
     from geo4d.synthetic import make_scene, render, write_video
     from geo4d.synthetic_predictor import SyntheticPredictor
     from storage.ground_truth import read_ground_truth, write_ground_truth
@@ -93,7 +94,7 @@ def test_out_of_memory_retries_with_fewer_windows_per_call(tmp_path):
 
     r = render(make_scene(seed=8, n_frames=28, height=48, width=64))
     write_video(tmp_path / "v.mp4", r.frames, fps=10)
-    write_ground_truth(tmp_path / "v.gt", r)
+    write_ground_truth(tmp_path / "v.gt", r.geometry)
     s = Store(tmp_path / "s.zarr")
     vid = stages.decode_stage(s, str(tmp_path / "v.mp4")).video_id
 

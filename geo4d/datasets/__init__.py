@@ -9,16 +9,15 @@ protocol evaluates (``task`` = ``"depth"``, ``"pose"`` or None for either). See 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
-from geo4d.datasets.base import BenchmarkSequence, SyntheticTruth
+from geo4d.datasets.base import BenchmarkSequence
 from geo4d.datasets.bonn import bonn_sequences, load_bonn
 from geo4d.datasets.kitti import kitti_sequences, load_kitti
 from geo4d.datasets.sintel import load_sintel, sintel_sequences
 from geo4d.datasets.tum import load_tum, tum_sequences
 from geo4d.errors import InputError
 
-__all__ = ["DATASETS", "BenchmarkSequence", "SyntheticTruth", "list_sequences", "load_sequence", "iter_sequences"]
+__all__ = ["DATASETS", "BenchmarkSequence", "list_sequences", "load_sequence"]
 
 _READERS = {
     "sintel": (sintel_sequences, load_sintel),
@@ -47,12 +46,3 @@ def load_sequence(dataset: str, root: str | os.PathLike, name: str) -> Benchmark
     """One sequence, checked (frame/GT counts, pose files) — errors name the offending file."""
     return _reader(dataset)[1](root, name)
 
-
-def iter_sequences(dataset: str, root: str | os.PathLike, sequences: list[str] | None = None,
-                   task: str | None = None) -> Iterator[BenchmarkSequence]:
-    """Load the named sequences (default: all the protocol evaluates) one after another."""
-    names = sequences or list_sequences(dataset, root, task)
-    if not names:
-        raise InputError(f"{root}: no {dataset} sequences found")
-    for n in names:
-        yield load_sequence(dataset, root, n)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from geo4d.cameras import check_shape, invert_pose
 from geo4d.errors import InputError
+from geo4d.geometry import Geometry
 
-__all__ = ["BenchmarkSequence", "SyntheticTruth", "sorted_files", "require_dir"]
+__all__ = ["BenchmarkSequence", "sorted_files", "require_dir"]
 
 
 def sorted_files(directory: Path, suffixes: Sequence[str]) -> list[Path]:
@@ -24,19 +25,6 @@ def require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
         raise InputError(f"{path}: no such directory ({what})")
     return path
-
-
-@dataclass
-class SyntheticTruth:
-    """Ground truth in the shape :class:`geo4d.synthetic_predictor.SyntheticPredictor` and
-    :func:`storage.ground_truth.write_ground_truth` accept (depth +inf where invalid)."""
-
-    depth: np.ndarray
-    intrinsics: np.ndarray
-    world_from_cam: np.ndarray
-    dynamic_mask: np.ndarray
-    fps: float = 24.0
-    meta: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -94,18 +82,6 @@ class BenchmarkSequence:
     def has_depth(self) -> bool:
         return self.depth_paths is not None
 
-    @property
-    def has_poses(self) -> bool:
-        return self.world_from_cam is not None
-
-    def native_size(self) -> tuple[int, int]:
-        """(H, W) of the ground truth (the first depth map, else the first frame)."""
-        if self.depth_paths is not None:
-            return tuple(self.depth_reader(self.depth_paths[0]).shape)  # type: ignore[misc]
-        from geo4d.datasets.formats import read_image
-
-        return tuple(read_image(self.frame_paths[0]).shape[:2])  # type: ignore[return-value]
-
     def read_frames(self, size: tuple[int, int] | str | None = "eval") -> np.ndarray:
         """uint8 (T, H, W, 3) frames; ``size="eval"`` resizes to :attr:`eval_size` as the protocol
         does, ``None`` keeps the files' size, or give ``(W, H)``."""
@@ -131,11 +107,12 @@ class BenchmarkSequence:
             valid = np.isfinite(depth) & (depth > 0)
         return depth, valid
 
-    def synthetic_truth(self, size: tuple[int, int] | None = None) -> SyntheticTruth:
+    def synthetic_truth(self, size: tuple[int, int] | None = None) -> Geometry:
         """Ground truth at ``size = (W, H)`` (default :attr:`eval_size`) for the synthetic predictor.
 
-        Depth is resampled nearest-neighbour (invalid → +inf), intrinsics are rescaled with pixel
-        centres at integer coordinates, poses are re-expressed with frame 0 as the world.
+        Depth is resampled nearest-neighbour (invalid → +inf, ``valid`` = finite), intrinsics are
+        rescaled with pixel centres at integer coordinates, poses are re-expressed with frame 0 as
+        the world; no dynamic object is marked (an all-False mask) and ``fps`` is 24.
 
         Raises:
             InputError: the dataset lacks depth, poses or intrinsics (the synthetic predictor needs all).
@@ -161,5 +138,5 @@ class BenchmarkSequence:
         K[:, 1, 2] = (K[:, 1, 2] + 0.5) * sy - 0.5
         pose = np.asarray(self.world_from_cam, dtype=np.float64)
         pose = invert_pose(pose[0])[None] @ pose
-        return SyntheticTruth(d, K, pose, np.zeros(d.shape, dtype=bool),
-                              meta={"source": f"{self.dataset}/{self.name}", "resampled_to": [W, H]})
+        return Geometry(d, np.isfinite(d), K, pose, dynamic_mask=np.zeros(d.shape, dtype=bool), fps=24.0,
+                        meta={"source": f"{self.dataset}/{self.name}", "resampled_to": [W, H]})

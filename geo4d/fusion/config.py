@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-import numpy as np
+from pydantic import BeforeValidator, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from geo4d.errors import InputError
+from geo4d.geometry import Geometry
+from geo4d.spec import Spec
 
 __all__ = ["FusionConfig", "FusionResult"]
 
 
-@dataclass(frozen=True)
-class FusionConfig:
-    """Settings of :func:`geo4d.fusion.fuse`. Every field is JSON-able.
+def _number(v: Any) -> Any:
+    """Refuse what only coerces to a number (``True``, ``"1"``): settings are numbers."""
+    if isinstance(v, (bool, str, bytes)):
+        raise PydanticCustomError("number_type", "must be a number, not {kind}", {"kind": type(v).__name__})
+    return v
+
+
+#: A finite float setting given as a number (bools and strings refused).
+Number = Annotated[float, BeforeValidator(_number)]
+#: An integer setting given as a number (bools, strings and fractional values refused).
+Count = Annotated[int, BeforeValidator(_number)]
+
+
+class FusionConfig(Spec):
+    """Settings of :func:`geo4d.fusion.fuse` (a :class:`geo4d.spec.Spec`: frozen, unknown keys
+    refused; ``FusionConfig.parse(mapping)`` gives one-line errors). Every field is JSON-able.
 
     The four terms of the Geo4D objective, each a non-negative weight (0 switches the term off):
 
@@ -56,59 +70,35 @@ class FusionConfig:
             confidence of a pixel halves.
     """
 
-    alpha_pointmap: float = 1.0
-    alpha_disparity: float = 1.0
-    alpha_rays: float = 1.0
-    alpha_smooth: float = 1.0
+    alpha_pointmap: Number = Field(1.0, ge=0, allow_inf_nan=False)
+    alpha_disparity: Number = Field(1.0, ge=0, allow_inf_nan=False)
+    alpha_rays: Number = Field(1.0, ge=0, allow_inf_nan=False)
+    alpha_smooth: Number = Field(1.0, ge=0, allow_inf_nan=False)
     shared_focal: bool = True
     estimate_principal_point: bool = True
     pointmap_z_offset: bool = False
-    conf_clip: float = 10.0
-    disparity_min: float | None = None
-    robust_scale: float = 4.0
-    outlier_weight: float = 0.25
-    smooth_rot_deg: float = 0.05
-    smooth_trans: float = 0.001
-    iterations: int = 20
-    robust_rounds: int = 3
-    samples_per_frame: int = 768
-    depth_spread: float = 0.05
+    conf_clip: Number = Field(10.0, gt=0, allow_inf_nan=False)
+    disparity_min: Number | None = Field(None, allow_inf_nan=False)
+    robust_scale: Number = Field(4.0, gt=0, allow_inf_nan=False)
+    outlier_weight: Number = Field(0.25, ge=0, le=1)
+    smooth_rot_deg: Number = Field(0.05, gt=0, allow_inf_nan=False)
+    smooth_trans: Number = Field(0.001, gt=0, allow_inf_nan=False)
+    iterations: Count = Field(20, ge=0)
+    robust_rounds: Count = Field(3, ge=1)
+    samples_per_frame: Count = Field(768, ge=16)
+    depth_spread: Number = Field(0.05, gt=0, allow_inf_nan=False)
 
-    def __post_init__(self) -> None:
-        for name in ("alpha_pointmap", "alpha_disparity", "alpha_rays", "alpha_smooth"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v >= 0):
-                raise InputError(f"fusion: {name} must be a number >= 0, got {v!r}")
-        if self.alpha_pointmap <= 0:
-            raise InputError(
-                "fusion: alpha_pointmap must be > 0 (the point maps carry the only depth known up to a "
-                "scale; disparity alone has an unknown per-window shift)"
-            )
-        for name in ("conf_clip", "robust_scale", "smooth_rot_deg", "smooth_trans", "depth_spread"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and np.isfinite(v) and v > 0):
-                raise InputError(f"fusion: {name} must be a number > 0, got {v!r}")
-        if not (isinstance(self.outlier_weight, (int, float)) and 0 <= self.outlier_weight <= 1):
-            raise InputError(f"fusion: outlier_weight must be in [0, 1], got {self.outlier_weight!r}")
-        for name, lo in (("iterations", 0), ("robust_rounds", 1), ("samples_per_frame", 16)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < lo:
-                raise InputError(f"fusion: {name} must be an integer >= {lo}, got {v!r}")
-        if self.disparity_min is not None and not np.isfinite(self.disparity_min):
-            raise InputError(f"fusion: disparity_min must be a finite number or null, got {self.disparity_min!r}")
-
+    @field_validator("alpha_pointmap")
     @classmethod
-    def from_dict(cls, d: dict | None) -> FusionConfig:
-        """Build from a JSON-able dict, with a one-line error naming unknown keys."""
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise InputError(f"fusion: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def _pointmap_term_on(cls, v: float) -> float:
+        """α₁ > 0: without the point maps no depth is known up to a scale alone."""
+        if v <= 0:
+            raise PydanticCustomError(
+                "greater_than",
+                "must be > 0 (the point maps carry the only depth known up to a scale; disparity alone "
+                "has an unknown per-window shift)",
+            )
+        return v
 
 
 @dataclass
@@ -116,13 +106,15 @@ class FusionResult:
     """One consistent reconstruction of a video from its windows.
 
     Attributes:
-        depth: (T, H, W) float32 z-depth; 0 where no window has a valid prediction (sky, invalid).
-        confidence: (T, H, W) float32 ≥ 0; 0 exactly where ``depth`` is 0.
-        intrinsics: (T, 3, 3) float64 pinhole ``K`` per frame (the same for all frames when the focal
-            is shared).
-        world_from_cam: (T, 4, 4) float64 camera-to-world poses; ``world_from_cam[0]`` is the identity.
-        points: (T, H, W, 3) float32 world points ``world_from_cam · depth K⁻¹ [u, v, 1]ᵀ``; 0 where
-            ``confidence`` is 0.
+        geometry: the fused :class:`geo4d.geometry.Geometry`:
+
+            * ``depth`` (T, H, W) float32 z-depth; 0 where no window has a valid prediction (sky, invalid);
+            * ``valid`` = ``confidence > 0``; ``confidence`` (T, H, W) float32 ≥ 0, 0 exactly where depth is 0;
+            * ``intrinsics`` (T, 3, 3) float64 pinhole ``K`` per frame (the same for all frames when the
+              focal is shared);
+            * ``world_from_cam`` (T, 4, 4) float64 camera-to-world poses, ``[0]`` the identity;
+            * ``points`` (T, H, W, 3) float32 world points ``world_from_cam · depth K⁻¹ [u, v, 1]ᵀ``, 0
+              where ``confidence`` is 0.
         diagnostics: JSON-able record: scale gauge, per-window weights, outlier flags, scales, residuals,
             solver iterations and timings (see docs/fusion.md).
 
@@ -130,9 +122,5 @@ class FusionResult:
     valid depth of the whole video is 1).
     """
 
-    depth: np.ndarray
-    confidence: np.ndarray
-    intrinsics: np.ndarray
-    world_from_cam: np.ndarray
-    points: np.ndarray
+    geometry: Geometry
     diagnostics: dict = field(default_factory=dict)

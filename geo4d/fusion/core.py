@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,11 @@ from geo4d.cameras import intrinsics_matrix, pixel_grid
 from geo4d.errors import InputError, PredictionError
 from geo4d.fusion.config import FusionConfig, FusionResult
 from geo4d.fusion.depth import DepthAccumulator, fit_disparity
+from geo4d.fusion.robust import robust_sigma, weighted_median
 from geo4d.fusion.solver import PairData, chain_init, init_ray_scales, refine
 from geo4d.fusion.window_cameras import intrinsics_from_pointmap, plucker_cameras, pnp, sample_pixels
+from geo4d.geometry import Geometry
+from geo4d.spec import jsonable
 
 __all__ = ["fuse"]
 
@@ -48,6 +52,11 @@ def _shape(a: Any) -> tuple[int, ...]:
 
 
 def _check_layout(windows: Mapping[str, Any], starts: Sequence[int], n_frames: int, cfg: FusionConfig):
+    """Check the windows' arrays against the enabled terms and the video; return ``(G, V, H, W, starts)``.
+
+    Every array must be (G, V, H, W[, 3]); every window must lie inside the T frames and every frame be
+    covered. Raises :class:`InputError` with one line naming the array or the window.
+    """
     need = ["pointmap", "pointmap_conf"]
     if cfg.alpha_rays > 0:
         need += ["ray_dir", "ray_moment"]
@@ -86,6 +95,7 @@ def _check_layout(windows: Mapping[str, Any], starts: Sequence[int], n_frames: i
 
 
 def _read(windows: Mapping[str, Any], name: str, g: int, start: int, V: int) -> np.ndarray:
+    """Window ``g`` of array ``name`` as float64, refusing NaN/inf with a :class:`PredictionError`."""
     a = np.asarray(windows[name][g], dtype=np.float64)
     if not np.isfinite(a).all():
         bad = "NaN" if np.isnan(a).any() else "inf"
@@ -93,31 +103,66 @@ def _read(windows: Mapping[str, Any], name: str, g: int, start: int, V: int) -> 
     return a
 
 
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        v = float(x)
-        return v if math.isfinite(v) else None
-    return x
+@dataclass
+class _Setup:
+    """What every step needs: shapes, the enabled terms, the pixel sample and the progress ticker."""
+
+    cfg: FusionConfig
+    G: int
+    V: int
+    H: int
+    W: int
+    T: int
+    st: np.ndarray  # (G,) window starts
+    flat: np.ndarray  # (n,) sampled pixel indices
+    uv: np.ndarray  # (n, 2) their pixel coordinates
+    grid: np.ndarray  # (HW, 2) every pixel's coordinates
+    pp_fixed: tuple[float, float] | None
+    progress: Progress | None
+    timings: dict = field(default_factory=dict)
+    step: int = 0
+
+    @property
+    def use_rays(self) -> bool:
+        return self.cfg.alpha_rays > 0
+
+    @property
+    def use_disp(self) -> bool:
+        return self.cfg.alpha_disparity > 0
+
+    @property
+    def n(self) -> int:
+        return len(self.flat)
+
+    def tick(self, msg: str) -> None:
+        self.step += 1
+        if self.progress is not None:
+            self.progress(self.step, 2 * self.G + 3, msg)
 
 
-def _wmedian(x: np.ndarray, w: np.ndarray) -> float:
-    ok = np.isfinite(x) & (w > 0)
-    if not ok.any():
-        return float("nan")
-    x, w = x[ok], w[ok]
-    o = np.argsort(x)
-    cw = np.cumsum(w[o])
-    return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
+@dataclass
+class _Samples:
+    """Step 1's output: per-window pixel samples, point-map intrinsics and ray cameras."""
+
+    P: np.ndarray  # (G, V, n, 3) float32 sampled points (z offset applied)
+    w: np.ndarray  # (G, V, n) float32 clipped confidences
+    win_intr: np.ndarray  # (G, 5) focal, cx, cy, z offset, rms of each window's first point map
+    d: np.ndarray | None = None  # (G, V, n) sampled disparities
+    dv: np.ndarray | None = None  # (G, V, n) bool, disparity valid
+    ray_R: np.ndarray | None = None  # (G, V, 3, 3) ray-camera rotations (window frame)
+    ray_c: np.ndarray | None = None  # (G, V, 3) ray-camera centres
+    ray_intr: np.ndarray | None = None  # (G, V, 3) focal, cx, cy from the rays
+    ray_q: np.ndarray | None = None  # (G, V, 2) rotation / centre rms of the ray fit
+
+
+@dataclass
+class _PairCameras:
+    """Step 2's output: the PnP camera of every (window, frame) pair, plus the pairs for the solver."""
+
+    pairs: PairData
+    f_pm: np.ndarray  # (P,) PnP focal
+    rms_pm: np.ndarray  # (P,) PnP reprojection rms (px)
+    iterations: int
 
 
 def fuse(
@@ -135,8 +180,8 @@ def fuse(
             (NumPy or Zarr arrays, any float dtype). Read one window at a time, twice.
         starts: first frame of each window (window g covers ``starts[g] … starts[g]+V−1``); every
             frame must be covered.
-        n_frames: T.
-        config: :class:`FusionConfig` (or a dict of its fields); default settings when None.
+        n_frames: T, the number of frames of the video.
+        config: :class:`FusionConfig` or a mapping validated into one (None: defaults).
         progress: optional ``progress(done, total, message)``.
 
     Returns:
@@ -150,317 +195,391 @@ def fuse(
     Example:
         >>> from geo4d.fusion import fuse
         >>> res = fuse(store_windows, starts, T)  # doctest: +SKIP
-        >>> res.depth.shape, res.world_from_cam[0]  # doctest: +SKIP
+        >>> res.geometry.depth.shape, res.geometry.world_from_cam[0]  # doctest: +SKIP
     """
-    if config is None:
-        cfg = FusionConfig()
-    elif isinstance(config, FusionConfig):
-        cfg = config
-    else:
-        cfg = FusionConfig.from_dict(dict(config))
-    timings: dict[str, float] = {}
     t_start = time.perf_counter()
+    ctx = _setup(windows, starts, n_frames, FusionConfig.parse(config, what="fusion"), progress)
+    # 1. per window, streamed: samples, point-map intrinsics, ray cameras
+    samples = _sample_windows(windows, ctx)
+    ctx.timings["windows_read_s"] = time.perf_counter() - t_start
+    # 2. intrinsics and the camera of every (window, frame) pair
+    t = time.perf_counter()
+    focal, cx, cy = _shared_intrinsics(samples, ctx)
+    cams = _pair_cameras(samples, ctx, focal, cx, cy)
+    focals = _frame_focals(samples, cams, ctx, focal)
+    ctx.timings["cameras_s"] = time.perf_counter() - t
+    ctx.timings["pnp_iterations"] = cams.iterations
+    # 3–4. chaining, then the global refinement
+    state = _chain(cams.pairs, ctx)
+    state, sinfo = _refine(state, cams.pairs, ctx)
+    # 5. disparity alignment on the samples
+    win_sigma, disp_fit = _fit_disparities(samples, cams.pairs, state, sinfo, ctx)
+    # 6. depth, streamed
+    t = time.perf_counter()
+    K = intrinsics_matrix(focals, focals, cx, cy)
+    depth, conf, points = _fuse_depth(windows, samples, cams.pairs, state, sinfo, win_sigma, disp_fit, K, ctx)
+    ctx.timings["depth_s"] = time.perf_counter() - t
+    # 7. gauge: median valid depth of frame 0 is 1
+    gauge_kind, inv_med = _apply_gauge(depth, conf, points)
+    world_from_cam = _world_from_cam(state, inv_med, ctx.T)
+    # 8. diagnostics
+    ctx.timings["total_s"] = time.perf_counter() - t_start
+    diagnostics = _diagnostics(samples, cams, state, sinfo, disp_fit, ctx, gauge_kind, inv_med, focals, cx, cy)
+    ctx.tick("done")
+    geometry = Geometry(depth, conf > 0, K, world_from_cam, points=points, confidence=conf)
+    return FusionResult(geometry, diagnostics=jsonable(diagnostics))
+
+
+def _setup(windows: Mapping[str, Any], starts: Sequence[int], n_frames: int, cfg: FusionConfig,
+           progress: Progress | None) -> _Setup:
+    """Check the windows' layout; choose the pixel sample (a regular grid of ~``samples_per_frame``)."""
     G, V, H, W, st = _check_layout(windows, starts, n_frames, cfg)
-    T = int(n_frames)
-    total_steps = 2 * G + 3
-    step = 0
-
-    def tick(msg: str) -> None:
-        nonlocal step
-        step += 1
-        if progress is not None:
-            progress(step, total_steps, msg)
-
-    use_rays = cfg.alpha_rays > 0
-    use_disp = cfg.alpha_disparity > 0
     flat, uv = sample_pixels(H, W, cfg.samples_per_frame)
-    n = len(flat)
-    grid = pixel_grid(H, W).reshape(-1, 2)
     pp_fixed = None if cfg.estimate_principal_point else ((W - 1) / 2.0, (H - 1) / 2.0)
+    return _Setup(cfg, G, V, H, W, int(n_frames), st, flat, uv, pixel_grid(H, W).reshape(-1, 2), pp_fixed, progress)
 
-    # ---- 1. per window ------------------------------------------------------------------------
-    P_s = np.zeros((G, V, n, 3), np.float32)
-    w_s = np.zeros((G, V, n), np.float32)
-    d_s = np.zeros((G, V, n), np.float32) if use_disp else None
-    dv_s = np.zeros((G, V, n), bool) if use_disp else None
-    win_intr = np.full((G, 5), np.nan)  # f, cx, cy, delta, rms (point map, first frame)
-    ray_R = np.tile(np.eye(3), (G, V, 1, 1)) if use_rays else None
-    ray_c = np.zeros((G, V, 3)) if use_rays else None
-    ray_intr = np.full((G, V, 3), np.nan) if use_rays else None
-    ray_q = np.full((G, V, 2), np.nan) if use_rays else None
+
+def _sample_windows(windows: Mapping[str, Any], ctx: _Setup) -> _Samples:
+    """Step 1: read each window once; keep its pixel samples, first-frame intrinsics, ray cameras."""
+    G, V, n = ctx.G, ctx.V, ctx.n
+    s = _Samples(P=np.zeros((G, V, n, 3), np.float32), w=np.zeros((G, V, n), np.float32),
+                 win_intr=np.full((G, 5), np.nan))
+    if ctx.use_disp:
+        s.d, s.dv = np.zeros((G, V, n), np.float32), np.zeros((G, V, n), bool)
+    if ctx.use_rays:
+        s.ray_R, s.ray_c = np.tile(np.eye(3), (G, V, 1, 1)), np.zeros((G, V, 3))
+        s.ray_intr, s.ray_q = np.full((G, V, 3), np.nan), np.full((G, V, 2), np.nan)
     for g in range(G):
-        s0 = int(st[g])
-        pm = _read(windows, "pointmap", g, s0, V).reshape(V, H * W, 3)
-        conf = _read(windows, "pointmap_conf", g, s0, V).reshape(V, H * W)
-        wfull = np.where(conf > 0, np.minimum(conf, cfg.conf_clip), 0.0)
-        f0, cx0, cy0, delta, rms = intrinsics_from_pointmap(pm[0], grid, wfull[0], z_offset=cfg.pointmap_z_offset, pp=pp_fixed)
-        win_intr[g] = (f0, cx0, cy0, delta, rms)
-        Ps = pm[:, flat].copy()
-        Ps[..., 2] += delta
-        P_s[g] = Ps
-        w_s[g] = wfull[:, flat]
-        if use_disp:
-            disp = _read(windows, "disparity", g, s0, V).reshape(V, H * W)[:, flat]
-            ok = disp != 0
-            if cfg.disparity_min is not None:
-                ok &= disp > cfg.disparity_min
-            d_s[g] = disp
-            dv_s[g] = ok
-        if use_rays:
-            rd = _read(windows, "ray_dir", g, s0, V)
-            rm = _read(windows, "ray_moment", g, s0, V)
-            pc = plucker_cameras(rd, rm, pp_fixed, per_frame_intrinsics=not cfg.shared_focal)
-            ray_R[g], ray_c[g] = pc.ref_from_cam_R, pc.centres
-            ray_intr[g] = np.stack([pc.focal, pc.cx, pc.cy], -1)
-            ray_q[g] = np.stack([pc.rot_rms, pc.centre_rms], -1)
-        tick(f"window {g} (frames {s0}–{s0 + V - 1}): cameras")
-    timings["windows_read_s"] = time.perf_counter() - t_start
+        s0 = int(ctx.st[g])
+        _sample_pointmap(windows, g, s, ctx)
+        if ctx.use_disp:
+            _sample_disparity(windows, g, s, ctx)
+        if ctx.use_rays:
+            _ray_cameras(windows, g, s, ctx)
+        ctx.tick(f"window {g} (frames {s0}–{s0 + V - 1}): cameras")
+    return s
 
-    # ---- 2. intrinsics and per-pair cameras ----------------------------------------------------------
-    t1 = time.perf_counter()
-    fvals = [win_intr[:, 0]]
-    fw = [np.full(G, cfg.alpha_pointmap)]
-    cxs, cys = [win_intr[:, 1]], [win_intr[:, 2]]
-    if use_rays:
-        fvals.append(ray_intr[:, 0, 0])
+
+def _clipped_conf(conf: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """Confidences as weights: clipped at ``conf_clip``, 0 where invalid."""
+    return np.where(conf > 0, np.minimum(conf, cfg.conf_clip), 0.0)
+
+
+def _sample_pointmap(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setup) -> None:
+    """Window g's intrinsics (+ z offset) from its first point map, and its point/weight samples."""
+    V, HW, s0 = ctx.V, ctx.H * ctx.W, int(ctx.st[g])
+    pm = _read(windows, "pointmap", g, s0, V).reshape(V, HW, 3)
+    wfull = _clipped_conf(_read(windows, "pointmap_conf", g, s0, V).reshape(V, HW), ctx.cfg)
+    f0, cx0, cy0, delta, rms = intrinsics_from_pointmap(pm[0], ctx.grid, wfull[0], z_offset=ctx.cfg.pointmap_z_offset,
+                                                        pp=ctx.pp_fixed)
+    s.win_intr[g] = (f0, cx0, cy0, delta, rms)
+    Ps = pm[:, ctx.flat].copy()
+    Ps[..., 2] += delta
+    s.P[g] = Ps
+    s.w[g] = wfull[:, ctx.flat]
+
+
+def _valid_disparity(disp: np.ndarray, cfg: FusionConfig) -> np.ndarray:
+    """Disparities that carry depth: non-zero (0 = sky) and above ``disparity_min`` when set."""
+    ok = disp != 0
+    if cfg.disparity_min is not None:
+        ok &= disp > cfg.disparity_min
+    return ok
+
+
+def _sample_disparity(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setup) -> None:
+    """Window g's disparity at the sampled pixels and where it is valid."""
+    disp = _read(windows, "disparity", g, int(ctx.st[g]), ctx.V).reshape(ctx.V, ctx.H * ctx.W)[:, ctx.flat]
+    s.d[g] = disp
+    s.dv[g] = _valid_disparity(disp, ctx.cfg)
+
+
+def _ray_cameras(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setup) -> None:
+    """Window g's cameras (rotation, centre, intrinsics) recovered from its Plücker maps."""
+    s0 = int(ctx.st[g])
+    rd = _read(windows, "ray_dir", g, s0, ctx.V)
+    rm = _read(windows, "ray_moment", g, s0, ctx.V)
+    pc = plucker_cameras(rd, rm, ctx.pp_fixed, per_frame_intrinsics=not ctx.cfg.shared_focal)
+    s.ray_R[g], s.ray_c[g] = pc.ref_from_cam_R, pc.centres
+    s.ray_intr[g] = np.stack([pc.focal, pc.cx, pc.cy], -1)
+    s.ray_q[g] = np.stack([pc.rot_rms, pc.centre_rms], -1)
+
+
+def _shared_intrinsics(s: _Samples, ctx: _Setup) -> tuple[float, float, float]:
+    """Step 2a: focal and principal point as weighted medians over windows and modalities."""
+    G, cfg = ctx.G, ctx.cfg
+    fvals, fw = [s.win_intr[:, 0]], [np.full(G, cfg.alpha_pointmap)]
+    cxs, cys = [s.win_intr[:, 1]], [s.win_intr[:, 2]]
+    if ctx.use_rays:
+        fvals.append(s.ray_intr[:, 0, 0])
         fw.append(np.full(G, cfg.alpha_rays))
-        cxs.append(ray_intr[:, 0, 1])
-        cys.append(ray_intr[:, 0, 2])
+        cxs.append(s.ray_intr[:, 0, 1])
+        cys.append(s.ray_intr[:, 0, 2])
     fv, fwv = np.concatenate(fvals), np.concatenate(fw)
     ok_f = np.isfinite(fv) & (fv > 0)
     if not ok_f.any():
         raise PredictionError("windows/pointmap: no window has enough valid points to estimate the focal length")
-    focal = _wmedian(fv, fwv * ok_f)
-    if pp_fixed is None:
-        cx = _wmedian(np.concatenate(cxs), fwv * ok_f)
-        cy = _wmedian(np.concatenate(cys), fwv * ok_f)
-    else:
-        cx, cy = pp_fixed
+    focal = weighted_median(fv, fwv * ok_f)
+    if ctx.pp_fixed is not None:
+        return focal, *ctx.pp_fixed
+    return focal, weighted_median(np.concatenate(cxs), fwv * ok_f), weighted_median(np.concatenate(cys), fwv * ok_f)
 
-    pg = np.repeat(np.arange(G), V)
-    pk = np.tile(np.arange(V), G)
-    pi = st[pg] + pk
-    Pq = P_s.reshape(G * V, n, 3)  # float32; converted per chunk
-    wq = w_s.reshape(G * V, n).astype(np.float64)
-    R_pm = np.zeros((G * V, 3, 3))
-    c_pm = np.zeros((G * V, 3))
-    f_pm = np.full(G * V, focal)
-    rms_pm = np.full(G * V, np.nan)
+
+def _pair_cameras(s: _Samples, ctx: _Setup, focal: float, cx: float, cy: float) -> _PairCameras:
+    """Step 2b: the camera of every (window, frame) pair by batched PnP on its point-map samples."""
+    G, V, n = ctx.G, ctx.V, ctx.n
+    pg, pk = np.repeat(np.arange(G), V), np.tile(np.arange(V), G)
+    Pq = s.P.reshape(G * V, n, 3)  # float32; converted per chunk
+    wq = s.w.reshape(G * V, n).astype(np.float64)
+    R_pm, c_pm = np.zeros((G * V, 3, 3)), np.zeros((G * V, 3))
+    f_pm, rms_pm = np.full(G * V, focal), np.full(G * V, np.nan)
     logz = np.zeros((G * V, n))
-    chunk = 128  # pairs per batched PnP (bounds its temporary arrays)
-    pnp_iters = 0
+    chunk, iterations = 128, 0  # pairs per batched PnP (bounds its temporary arrays)
     for a in range(0, G * V, chunk):
         b = min(G * V, a + chunk)
-        out = pnp(Pq[a:b].astype(np.float64), uv, wq[a:b], np.full(b - a, focal), cx, cy,
-                  estimate_focal=not cfg.shared_focal)
+        out = pnp(Pq[a:b].astype(np.float64), ctx.uv, wq[a:b], np.full(b - a, focal), cx, cy,
+                  estimate_focal=not ctx.cfg.shared_focal)
         R_pm[a:b], c_pm[a:b], f_pm[a:b], rms_pm[a:b] = out["R"], out["c"], out["focal"], out["rms"]
-        pnp_iters = max(pnp_iters, out["iterations"])
+        iterations = max(iterations, out["iterations"])
         z = out["depth"]
         logz[a:b] = np.log(np.where(z > 0, z, 1.0))
         wq[a:b] = np.where(z > 0, wq[a:b], 0.0)
     pm_ok = np.isfinite(rms_pm) & ((wq > 0).sum(1) >= 6)
     wq[~pm_ok] = 0.0
-    if cfg.shared_focal:
-        focals = np.full(T, focal)
-    else:
-        focals = np.full(T, np.nan)
-        for i in range(T):
-            m = (pi == i) & pm_ok
-            vals, ws = [f_pm[m]], [np.full(m.sum(), cfg.alpha_pointmap)]
-            if use_rays:
-                vals.append(ray_intr.reshape(G * V, 3)[pi == i, 0])
-                ws.append(np.full((pi == i).sum(), cfg.alpha_rays))
-            focals[i] = _wmedian(np.concatenate(vals), np.concatenate(ws))
-        focals = np.where(np.isfinite(focals), focals, focal)
     pairs = PairData(
-        g=pg, k=pk, i=pi, R_pm=R_pm, c_pm=c_pm, pm_ok=pm_ok, logz=logz, wz=wq,
-        R_ray=ray_R.reshape(G * V, 3, 3) if use_rays else None,
-        c_ray=ray_c.reshape(G * V, 3) if use_rays else None,
-        ray_ok=(np.isfinite(ray_q.reshape(G * V, 2)).all(-1)) if use_rays else None,
+        g=pg, k=pk, i=ctx.st[pg] + pk, R_pm=R_pm, c_pm=c_pm, pm_ok=pm_ok, logz=logz, wz=wq,
+        R_ray=s.ray_R.reshape(G * V, 3, 3) if ctx.use_rays else None,
+        c_ray=s.ray_c.reshape(G * V, 3) if ctx.use_rays else None,
+        ray_ok=(np.isfinite(s.ray_q.reshape(G * V, 2)).all(-1)) if ctx.use_rays else None,
     )
-    timings["cameras_s"] = time.perf_counter() - t1
-    timings["pnp_iterations"] = pnp_iters
+    return _PairCameras(pairs, f_pm, rms_pm, iterations)
 
-    # ---- 3–4. chaining and global refinement --------------------------------------------------------
-    t2 = time.perf_counter()
-    state, placed = chain_init(pairs, st, T)
+
+def _frame_focals(s: _Samples, cams: _PairCameras, ctx: _Setup, focal: float) -> np.ndarray:
+    """Step 2c: (T,) focal per frame: the shared one, or a weighted median over the frame's pairs."""
+    if ctx.cfg.shared_focal:
+        return np.full(ctx.T, focal)
+    pi, pm_ok, cfg = cams.pairs.i, cams.pairs.pm_ok, ctx.cfg
+    focals = np.full(ctx.T, np.nan)
+    for i in range(ctx.T):
+        m = (pi == i) & pm_ok
+        vals, ws = [cams.f_pm[m]], [np.full(m.sum(), cfg.alpha_pointmap)]
+        if ctx.use_rays:
+            vals.append(s.ray_intr.reshape(ctx.G * ctx.V, 3)[pi == i, 0])
+            ws.append(np.full((pi == i).sum(), cfg.alpha_rays))
+        focals[i] = weighted_median(np.concatenate(vals), np.concatenate(ws))
+    return np.where(np.isfinite(focals), focals, focal)
+
+
+def _chain(pairs: PairData, ctx: _Setup):
+    """Step 3: place the windows one after another; every frame must be reached."""
+    t = time.perf_counter()
+    state, placed = chain_init(pairs, ctx.st, ctx.T)
     if not placed.all():
         gaps = np.flatnonzero(~placed)
-        hint = "" if cfg.pointmap_z_offset else " (if the point maps carry a z offset, set pointmap_z_offset)"
+        hint = "" if ctx.cfg.pointmap_z_offset else " (if the point maps carry a z offset, set pointmap_z_offset)"
         raise PredictionError(
             f"windows/pointmap: frames {int(gaps[0])}…{int(gaps[-1])} have no window whose point map fits a "
             f"pinhole camera in front of it{hint}"
         )
     init_ray_scales(state, pairs)
-    timings["chain_s"] = time.perf_counter() - t2
-    tick("windows chained")
-    t3 = time.perf_counter()
+    ctx.timings["chain_s"] = time.perf_counter() - t
+    ctx.tick("windows chained")
+    return state
+
+
+def _refine(state, pairs: PairData, ctx: _Setup):
+    """Step 4: robust Levenberg-Marquardt over frame poses and window similarities."""
+    t, cfg = time.perf_counter(), ctx.cfg
     alphas = {"pointmap": cfg.alpha_pointmap, "rays": cfg.alpha_rays, "smooth": cfg.alpha_smooth}
     if cfg.iterations > 0:
         state, sinfo = refine(
-            state, pairs, T, alphas=alphas, smooth_rot=math.radians(cfg.smooth_rot_deg), smooth_trans=cfg.smooth_trans,
+            state, pairs, ctx.T, alphas=alphas, smooth_rot=math.radians(cfg.smooth_rot_deg), smooth_trans=cfg.smooth_trans,
             robust_scale=cfg.robust_scale, iterations=cfg.iterations, rounds=cfg.robust_rounds,
         )
     else:
-        sinfo = {"rounds": [], "iterations": 0, "pm_weight": pm_ok.astype(float),
-                 "ray_weight": (pairs.ray_ok.astype(float) if use_rays else np.zeros(G * V))}
-    timings["refine_s"] = time.perf_counter() - t3
-    tick("global refinement")
+        sinfo = {"rounds": [], "iterations": 0, "pm_weight": pairs.pm_ok.astype(float),
+                 "ray_weight": (pairs.ray_ok.astype(float) if ctx.use_rays else np.zeros(ctx.G * ctx.V))}
+    ctx.timings["refine_s"] = time.perf_counter() - t
+    ctx.tick("global refinement")
+    return state, sinfo
 
-    # ---- 5. disparity alignment (on the samples) ------------------------------------------------------
+
+def _fit_disparities(s: _Samples, pairs: PairData, state, sinfo: dict, ctx: _Setup) -> tuple[np.ndarray, list[dict]]:
+    """Step 5: each window's point-map log-depth spread and disparity affine map, on the samples.
+
+    The fused sample log depth ``L_ip`` is the weighted mean over pairs of ``log z + log s_g``; the
+    spread is σ̂ of a window's deviations from it, the affine map ``disp ≈ a / depth + b`` is fitted
+    robustly (:func:`geo4d.fusion.depth.fit_disparity`) and enabled when it explains the depth.
+    """
+    pg, pi, logz, wq = pairs.g, pairs.i, pairs.logz, pairs.wz
     pm_w = np.asarray(sinfo["pm_weight"], dtype=np.float64)
-    Lsum = np.zeros((T, n))
-    Lw = np.zeros((T, n))
+    Lsum, Lw = np.zeros((ctx.T, ctx.n)), np.zeros((ctx.T, ctx.n))
     lw = wq * pm_w[:, None]
     np.add.at(Lsum, pi, lw * (logz + state.logs[pg][:, None]))
     np.add.at(Lw, pi, lw)
     Lf = np.where(Lw > 0, Lsum / np.maximum(Lw, 1e-300), np.nan)  # fused sample log depth (T,n)
-    win_sigma_pm = np.full(G, 1e-3)
-    disp_fit: list[dict] = [{} for _ in range(G)]
-    for g in range(G):
+    win_sigma = np.full(ctx.G, 1e-3)
+    disp_fit: list[dict] = [{} for _ in range(ctx.G)]
+    for g in range(ctx.G):
         q = np.flatnonzero(pg == g)
         Lq = Lf[pi[q]]
         dev = (logz[q] + state.logs[g]) - Lq
         m = (wq[q] > 0) & np.isfinite(Lq)
         if m.any():
-            win_sigma_pm[g] = max(1.4826 * float(np.median(np.abs(dev[m]))), 1e-3)
-        if use_disp:
-            dm = m & dv_s[g]
-            fit = fit_disparity(d_s[g][dm].astype(np.float64), np.exp(-Lq[dm]), wq[q][dm])
+            win_sigma[g] = max(robust_sigma(dev[m]), 1e-3)
+        if ctx.use_disp:
+            dm = m & s.dv[g]
+            fit = fit_disparity(s.d[g][dm].astype(np.float64), np.exp(-Lq[dm]), wq[q][dm])
             fit["enabled"] = bool(np.isfinite(fit["a"]) and fit["a"] > 0 and fit["delta_1_25"] >= 0.3)
             fit["log_sigma"] = max(fit["log_sigma"], 1e-3) if np.isfinite(fit["log_sigma"]) else float("inf")
             disp_fit[g] = fit
+    return win_sigma, disp_fit
 
-    # ---- 6. depth, streamed ---------------------------------------------------------------------------
-    t4 = time.perf_counter()
-    depth_out = np.zeros((T, H, W), np.float32)
-    conf_out = np.zeros((T, H, W), np.float32)
+
+def _fuse_depth(windows: Mapping[str, Any], s: _Samples, pairs: PairData, state, sinfo: dict,
+                win_sigma: np.ndarray, disp_fit: list[dict], K: np.ndarray, ctx: _Setup):
+    """Step 6: read each window again; per pixel, a robust weighted mean of every window's log depth.
+
+    Returns ``(depth (T,H,W), confidence (T,H,W), world points (T,H,W,3))``, float32, 0 where invalid.
+    """
+    T, H, W, V = ctx.T, ctx.H, ctx.W, ctx.V
+    depth_out, conf_out = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.float32)
     points_out = np.zeros((T, H, W, 3), np.float32)
-    K = intrinsics_matrix(focals, focals, cx, cy)
     Kinv = np.linalg.inv(K)
-    pix = np.concatenate([grid, np.ones((H * W, 1))], axis=-1)  # (HW,3)
+    pix = np.concatenate([ctx.grid, np.ones((H * W, 1))], axis=-1)  # (HW,3)
 
     def finish(i: int, depth: np.ndarray, conf: np.ndarray) -> None:
-        depth_out[i] = depth
-        conf_out[i] = conf
-        rays_i = pix @ Kinv[i].T  # K⁻¹ [u, v, 1]
-        Xc = rays_i * depth.reshape(-1, 1)
-        Xw = Xc @ state.R[i].T + state.c[i]
+        depth_out[i], conf_out[i] = depth, conf
+        Xw = (pix @ Kinv[i].T) * depth.reshape(-1, 1) @ state.R[i].T + state.c[i]  # world_from_cam · d K⁻¹[u,v,1]
         Xw[depth.reshape(-1) <= 0] = 0.0
         points_out[i] = Xw.reshape(H, W, 3)
 
     cover_count = np.zeros(T, int)
-    for s in st:
-        cover_count[s : s + V] += 1
-    acc = DepthAccumulator(T, H, W, cover_count, finish, robust_scale=3.0 * cfg.depth_spread, spread=cfg.depth_spread)
-    order = np.argsort(st, kind="stable")
-    for g in order:
-        s0 = int(st[g])
-        pm = np.asarray(windows["pointmap"][g], dtype=np.float64).reshape(V, H * W, 3)
-        conf = np.asarray(windows["pointmap_conf"][g], dtype=np.float64).reshape(V, H * W)
-        disp = np.asarray(windows["disparity"][g], dtype=np.float64).reshape(V, H * W) if use_disp else None
-        delta = win_intr[g, 3]
-        fit = disp_fit[g]
-        for k in range(V):
-            q = g * V + k
-            i = s0 + k
-            if not pm_ok[q]:
-                acc.add(i, [])
-                continue
-            Pk = pm[k].copy()
-            Pk[:, 2] += delta
-            z = (Pk - c_pm[q]) @ R_pm[q][:, 2]  # camera-frame z: (Rᵀ(P − c))_z
-            cw = np.where(conf[k] > 0, np.minimum(conf[k], cfg.conf_clip), 0.0)
-            ok = (cw > 0) & (z > 0)
-            ld = np.log(np.where(ok, z, 1.0)) + state.logs[g]
-            # A down-weighted pair still gives depth where nothing else does (weight floor 1e-3):
-            # its camera may disagree with the video, but its depths live in its own camera.
-            wq_pair = max(pm_w[q], 1e-3)
-            wpm = np.where(ok, cfg.alpha_pointmap * wq_pair * cw / win_sigma_pm[g] ** 2, 0.0)
-            cands = [(ld.reshape(H, W), wpm.reshape(H, W), (wq_pair * cw).reshape(H, W))]
-            if use_disp and fit.get("enabled"):
-                dk = disp[k]
-                dok = (dk != 0) & (cw > 0)
-                if cfg.disparity_min is not None:
-                    dok &= dk > cfg.disparity_min
-                inv = (dk - fit["b"]) / fit["a"]
-                dok &= inv > 0
-                ldd = -np.log(np.where(dok, inv, 1.0))
-                wd = np.where(dok, cfg.alpha_disparity * wq_pair * cw / fit["log_sigma"] ** 2, 0.0)
-                cands.append((ldd.reshape(H, W), wd.reshape(H, W), None))
-            acc.add(i, cands)
-        tick(f"window {g} (frames {s0}–{s0 + V - 1}): depth")
-    timings["depth_s"] = time.perf_counter() - t4
+    for s0 in ctx.st:
+        cover_count[s0 : s0 + V] += 1
+    acc = DepthAccumulator(T, H, W, cover_count, finish, robust_scale=3.0 * ctx.cfg.depth_spread,
+                           spread=ctx.cfg.depth_spread)
+    pm_w = np.asarray(sinfo["pm_weight"], dtype=np.float64)
+    for g in np.argsort(ctx.st, kind="stable"):
+        _window_depth_candidates(windows, int(g), s, pairs, state, pm_w, win_sigma[g], disp_fit[g], acc, ctx)
+        ctx.tick(f"window {g} (frames {int(ctx.st[g])}–{int(ctx.st[g]) + V - 1}): depth")
+    return depth_out, conf_out, points_out
 
-    # ---- gauge: median valid depth of frame 0 is 1 ----------------------------------------------------
-    v0 = depth_out[0][conf_out[0] > 0]
+
+def _window_depth_candidates(windows: Mapping[str, Any], g: int, s: _Samples, pairs: PairData, state,
+                             pm_w: np.ndarray, sigma: float, fit: dict, acc: DepthAccumulator, ctx: _Setup) -> None:
+    """Window g's per-frame depth candidates (point map, and disparity through its affine map)."""
+    HW, V, cfg, s0 = ctx.H * ctx.W, ctx.V, ctx.cfg, int(ctx.st[g])
+    pm = np.asarray(windows["pointmap"][g], dtype=np.float64).reshape(V, HW, 3)
+    conf = np.asarray(windows["pointmap_conf"][g], dtype=np.float64).reshape(V, HW)
+    disp = np.asarray(windows["disparity"][g], dtype=np.float64).reshape(V, HW) if ctx.use_disp else None
+    for k in range(V):
+        q = g * V + k
+        if not pairs.pm_ok[q]:
+            acc.add(s0 + k, [])
+            continue
+        Pk = pm[k].copy()
+        Pk[:, 2] += s.win_intr[g, 3]
+        z = (Pk - pairs.c_pm[q]) @ pairs.R_pm[q][:, 2]  # camera-frame z: (Rᵀ(P − c))_z
+        cw = _clipped_conf(conf[k], cfg)
+        ok = (cw > 0) & (z > 0)
+        ld = np.log(np.where(ok, z, 1.0)) + state.logs[g]
+        # A down-weighted pair still gives depth where nothing else does (weight floor 1e-3):
+        # its camera may disagree with the video, but its depths live in its own camera.
+        wq_pair = max(pm_w[q], 1e-3)
+        wpm = np.where(ok, cfg.alpha_pointmap * wq_pair * cw / sigma ** 2, 0.0)
+        cands = [(ld.reshape(ctx.H, ctx.W), wpm.reshape(ctx.H, ctx.W), (wq_pair * cw).reshape(ctx.H, ctx.W))]
+        if ctx.use_disp and fit.get("enabled"):
+            cands.append(_disparity_candidate(disp[k], cw, fit, wq_pair, ctx))
+        acc.add(s0 + k, cands)
+
+
+def _disparity_candidate(dk: np.ndarray, cw: np.ndarray, fit: dict, wq_pair: float, ctx: _Setup) -> tuple:
+    """``(log depth, weight, None)`` of one frame's disparity: ``depth = a / (disp − b)`` where valid."""
+    dok = (dk != 0) & (cw > 0)
+    if ctx.cfg.disparity_min is not None:
+        dok &= dk > ctx.cfg.disparity_min
+    inv = (dk - fit["b"]) / fit["a"]
+    dok &= inv > 0
+    ldd = -np.log(np.where(dok, inv, 1.0))
+    wd = np.where(dok, ctx.cfg.alpha_disparity * wq_pair * cw / fit["log_sigma"] ** 2, 0.0)
+    return ldd.reshape(ctx.H, ctx.W), wd.reshape(ctx.H, ctx.W), None
+
+
+def _apply_gauge(depth: np.ndarray, conf: np.ndarray, points: np.ndarray) -> tuple[str, float]:
+    """Step 7: scale depth and points (in place) so the median valid depth of frame 0 is 1."""
+    v0 = depth[0][conf[0] > 0]
     if v0.size:
         med = float(np.median(v0))
-        gauge_kind = "median valid depth of frame 0 = 1"
+        kind = "median valid depth of frame 0 = 1"
     else:
-        allv = depth_out[conf_out > 0]
+        allv = depth[conf > 0]
         med = float(np.median(allv)) if allv.size else 1.0
-        gauge_kind = "median valid depth of the video = 1 (frame 0 has no valid pixel)"
+        kind = "median valid depth of the video = 1 (frame 0 has no valid pixel)"
     inv_med = 1.0 / med if med > 0 else 1.0
-    depth_out *= np.float32(inv_med)
-    points_out *= np.float32(inv_med)
+    depth *= np.float32(inv_med)
+    points *= np.float32(inv_med)
+    return kind, inv_med
+
+
+def _world_from_cam(state, inv_med: float, T: int) -> np.ndarray:
+    """(T, 4, 4) camera-to-world poses of the refined state, in the gauge; frame 0 exactly I."""
     world_from_cam = np.tile(np.eye(4), (T, 1, 1))
     world_from_cam[:, :3, :3] = state.R
     world_from_cam[:, :3, 3] = state.c * inv_med
     world_from_cam[0] = np.eye(4)
+    return world_from_cam
 
-    # ---- diagnostics ----------------------------------------------------------------------------------
-    ray_w = np.asarray(sinfo["ray_weight"], dtype=np.float64)
-    win_diag = []
-    flagged = []
-    for g in range(G):
-        q = np.arange(g * V, (g + 1) * V)
-        wpm = pm_w[q]
-        out_frames = [int(st[g] + k) for k in range(V) if pm_ok[q[k]] and wpm[k] < cfg.outlier_weight]
-        if use_rays:
-            out_frames += [int(st[g] + k) for k in range(V)
-                           if pairs.ray_ok[q[k]] and ray_w[q[k]] < cfg.outlier_weight and int(st[g] + k) not in out_frames]
-        bad = bool(out_frames) or not pm_ok[q].any()
-        if bad:
-            flagged.append(g)
-        d = {
-            "index": g,
-            "start": int(st[g]),
-            "scale": float(math.exp(state.logs[g]) * inv_med),
-            "z_offset": float(win_intr[g, 3]),
-            "focal_pointmap": float(win_intr[g, 0]),
-            "pointmap_weight": wpm,
-            "pnp_rms_px": float(np.nanmedian(rms_pm[q])) if np.isfinite(rms_pm[q]).any() else None,
-            "inconsistent": bad,
-            "outlier_frames": sorted(out_frames),
-        }
-        if use_rays:
-            d["ray_scale"] = float(math.exp(state.logrho[g]) * inv_med)
-            d["ray_weight"] = ray_w[q]
-            d["focal_rays"] = float(ray_intr[g, 0, 0])
-        if use_disp:
-            d["disparity"] = disp_fit[g]
-        win_diag.append(d)
-    timings["total_s"] = time.perf_counter() - t_start
-    diagnostics = {
+
+def _diagnostics(s: _Samples, cams: _PairCameras, state, sinfo: dict, disp_fit: list[dict], ctx: _Setup,
+                 gauge_kind: str, inv_med: float, focals: np.ndarray, cx: float, cy: float) -> dict:
+    """Step 8: the JSON-able record of docs/fusion.md (gauge, intrinsics, per-window weights, flags)."""
+    win_diag = [_window_diagnostics(g, s, cams, state, sinfo, disp_fit, ctx, inv_med) for g in range(ctx.G)]
+    flagged = [d["index"] for d in win_diag if d["inconsistent"]]
+    return {
         "method": "geo4d.fusion: closed-form window cameras + chaining + robust Levenberg-Marquardt; log-depth fusion",
-        "config": cfg.as_dict(),
+        "config": ctx.cfg.fingerprint_dict(),
         "gauge": {"kind": gauge_kind, "depth_scale_applied": inv_med},
-        "intrinsics": {"focal": float(np.median(focals)), "cx": float(cx), "cy": float(cy), "shared_focal": cfg.shared_focal},
-        "samples_per_frame": int(n),
+        "intrinsics": {"focal": float(np.median(focals)), "cx": float(cx), "cy": float(cy),
+                       "shared_focal": ctx.cfg.shared_focal},
+        "samples_per_frame": int(ctx.n),
         "windows": win_diag,
         "flagged_windows": flagged,
-        "flagged_starts": [int(st[g]) for g in flagged],
+        "flagged_starts": [int(ctx.st[g]) for g in flagged],
         "solver": {"iterations": int(sinfo["iterations"]), "rounds": sinfo["rounds"],
                    "smooth_scale": sinfo.get("smooth_scale"), "frame0_outlier": bool(sinfo.get("frame0_outlier", False))},
-        "timings": timings,
+        "timings": ctx.timings,
     }
-    tick("done")
-    return FusionResult(
-        depth=depth_out,
-        confidence=conf_out,
-        intrinsics=K,
-        world_from_cam=world_from_cam,
-        points=points_out,
-        diagnostics=_jsonable(diagnostics),
-    )
+
+
+def _window_diagnostics(g: int, s: _Samples, cams: _PairCameras, state, sinfo: dict, disp_fit: list[dict],
+                        ctx: _Setup, inv_med: float) -> dict:
+    """One window's record: scale, offsets, weights, and the frames whose robust weight flags it."""
+    V, st, pairs, cfg = ctx.V, ctx.st, cams.pairs, ctx.cfg
+    q = np.arange(g * V, (g + 1) * V)
+    wpm = np.asarray(sinfo["pm_weight"], dtype=np.float64)[q]
+    ray_w = np.asarray(sinfo["ray_weight"], dtype=np.float64)
+    out_frames = [int(st[g] + k) for k in range(V) if pairs.pm_ok[q[k]] and wpm[k] < cfg.outlier_weight]
+    if ctx.use_rays:
+        out_frames += [int(st[g] + k) for k in range(V)
+                       if pairs.ray_ok[q[k]] and ray_w[q[k]] < cfg.outlier_weight and int(st[g] + k) not in out_frames]
+    rms = cams.rms_pm[q]
+    d = {
+        "index": g,
+        "start": int(st[g]),
+        "scale": float(math.exp(state.logs[g]) * inv_med),
+        "z_offset": float(s.win_intr[g, 3]),
+        "focal_pointmap": float(s.win_intr[g, 0]),
+        "pointmap_weight": wpm,
+        "pnp_rms_px": float(np.nanmedian(rms)) if np.isfinite(rms).any() else None,
+        "inconsistent": bool(out_frames) or not pairs.pm_ok[q].any(),
+        "outlier_frames": sorted(out_frames),
+    }
+    if ctx.use_rays:
+        d["ray_scale"] = float(math.exp(state.logrho[g]) * inv_med)
+        d["ray_weight"] = ray_w[q]
+        d["focal_rays"] = float(s.ray_intr[g, 0, 0])
+    if ctx.use_disp:
+        d["disparity"] = disp_fit[g]
+    return d

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from geo4d.fusion.robust import robust_sigma
+
 __all__ = ["fit_disparity", "DepthAccumulator"]
 
 
@@ -51,7 +53,7 @@ def fit_disparity(disp: np.ndarray, inv_depth: np.ndarray, w: np.ndarray, iterat
         except np.linalg.LinAlgError:
             return out
         r = y - a * x - b
-        s = 1.4826 * np.median(np.abs(r)) + 1e-12 * (np.abs(y).max() + 1e-300)
+        s = robust_sigma(r) + 1e-12 * (np.abs(y).max() + 1e-300)
         k = 1.5 * s
         ww = w0 * np.where(np.abs(r) <= k, 1.0, k / np.maximum(np.abs(r), 1e-300))
     inv = (y - b) / a if a != 0 else np.full_like(y, np.nan)
@@ -61,7 +63,7 @@ def fit_disparity(disp: np.ndarray, inv_depth: np.ndarray, w: np.ndarray, iterat
     out.update(a=float(a), b=float(b), delta_1_25=float((w0 * within).sum() / w0.sum()))
     if good.any():
         ld = np.log(ratio[good])
-        out["log_sigma"] = float(1.4826 * np.median(np.abs(ld)))
+        out["log_sigma"] = robust_sigma(ld)
     return out
 
 
@@ -95,6 +97,13 @@ class DepthAccumulator:
             self._finish(i)
 
     def _finish(self, i: int) -> None:
+        """Fuse frame ``i``'s candidates: robust weighted mean (3 Cauchy rounds when several
+        windows see it) of the log depths.
+
+        Confidence = weighted mean input confidence ÷ (1 + (spread / ``self.spread``)²), ``spread`` the
+        weighted standard deviation of the candidates around the estimate; depth and confidence 0 where
+        no candidate has weight.
+        """
         cands = self.buf.pop(i, [])
         H, W = self.H, self.W
         if not cands:

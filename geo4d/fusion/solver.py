@@ -38,6 +38,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import spsolve
 
 from geo4d.fusion.lie import inv_left_jacobian, inv_right_jacobian, skew, so3_exp, so3_log
+from geo4d.fusion.robust import robust_sigma, weighted_median
 
 __all__ = ["PairData", "State", "chain_init", "refine", "robust_rotation_mean"]
 
@@ -101,16 +102,10 @@ def robust_rotation_mean(Rs: np.ndarray, w: np.ndarray | None = None, iterations
     rw = w0.copy()
     for _ in range(iterations):
         a = np.linalg.norm(so3_log(np.einsum("ji,njk->nik", R, Rs)), axis=-1)
-        scale = max(1.4826 * float(np.median(a)), np.radians(0.05))
+        scale = max(robust_sigma(a), np.radians(0.05))
         rw = w0 / (1.0 + (a / (3.0 * scale)) ** 2)
         R = project_to_rotation((rw[:, None, None] * Rs).sum(0))
     return R, rw / np.maximum(w0, 1e-300)
-
-
-def _weighted_median(x: np.ndarray, w: np.ndarray) -> float:
-    o = np.argsort(x)
-    cw = np.cumsum(w[o])
-    return float(x[o][np.searchsorted(cw, 0.5 * cw[-1])])
 
 
 def chain_init(pairs: PairData, starts: np.ndarray, n_frames: int) -> tuple[State, np.ndarray]:
@@ -167,7 +162,7 @@ def chain_init(pairs: PairData, starts: np.ndarray, n_frames: int) -> tuple[Stat
             m = (Lw[pairs.i[qo]] > 0) & (pairs.wz[qo] > 0)
             if m.sum() >= 3:
                 wm = (pairs.wz[qo] * Lw[pairs.i[qo]])[m]
-                sg = float(np.exp(_weighted_median((Li - pairs.logz[qo])[m], wm)))
+                sg = float(np.exp(weighted_median((Li - pairs.logz[qo])[m], wm)))
             else:
                 sg = 1.0
             tc = c[pairs.i[qo]] - sg * np.einsum("ij,nj->ni", Qg, pairs.c_pm[qo])
@@ -238,6 +233,7 @@ class _Layout:
         return np.where(b[:, None] >= 0, cols, -1)
 
     def win_cols(self, g: np.ndarray, offs) -> np.ndarray:
+        """Columns of window parameters ``offs`` (0–2 rotation, 3–5 translation, 6 log s, 7 log ρ); -1 = fixed."""
         cols = self.win[g][:, None] + np.asarray(offs)[None]
         if 6 in offs:
             j = list(offs).index(6)
@@ -247,6 +243,12 @@ class _Layout:
 
 def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, sd: _SceneDepth,
                  w_rot: np.ndarray, w_c: np.ndarray) -> tuple[_Block, _Block, np.ndarray, np.ndarray]:
+    """Rotation and centre residual blocks of one camera modality (``"pm"`` point map, ``"ray"``).
+
+    For every usable pair: ``r_rot = log(R_iᵀ Q_g R_q)`` (3) and ``r_c = (c_i − k_g Q_g c_q − t_g) / d_i`` (3)
+    with ``k_g`` the window's point-map (``s_g``) or ray (``ρ_g``) scale, with their Jacobians. Returns
+    ``(rot block, centre block, r_rot (m,3), r_c (m,3))`` over the modality's valid pairs.
+    """
     if modality == "pm":
         m = pairs.pm_ok
         Rm, cm, logk, koff = pairs.R_pm[m], pairs.c_pm[m], state.logs, 6
@@ -279,6 +281,9 @@ def _pose_blocks(state: State, pairs: PairData, lay: _Layout, modality: str, sd:
 
 
 def _smooth_blocks(state: State, lay: _Layout, sd: _SceneDepth, w_rot: float, w_tr: float) -> list[_Block]:
+    """Second-difference blocks of the trajectory: rotation ``log(R_iᵀR_{i+1}) − log(R_{i−1}ᵀR_i)`` and
+    centre ``(c_{i+1} − 2c_i + c_{i−1}) / d_i`` for i = 1…T−2 (none when T < 3).
+    """
     T = lay.T
     if T < 3:
         return []
@@ -354,6 +359,7 @@ class _DepthTerm:
         return np.where(self.wt > 0, v - L[:, None, :], 0.0), self.wt
 
     def add_to(self, lay: _Layout, logs: np.ndarray, rows: list, cols: list, vals: list, grad: np.ndarray) -> None:
+        """Add the depth term's exact Hessian ``H`` (T,C,C) and gradient ``Hσ + b`` to the normal equations."""
         s = self.sigma(logs)
         gcol = lay.win[self.g] + 6
         gcol = np.where(self.valid & (self.g != 0), gcol, -1)
@@ -369,6 +375,9 @@ class _DepthTerm:
 # Levenberg-Marquardt
 # ---------------------------------------------------------------------------------------------
 def _assemble(blocks: list[_Block], lay: _Layout, depth: _DepthTerm | None, logs: np.ndarray):
+    """Sparse Gauss-Newton normal matrix ``H = Σ w JᵀJ`` (n×n CSC) and gradient ``Σ w Jᵀr`` (n,) of the
+    blocks and the depth term; fixed parameters (column -1) are dropped.
+    """
     rows, cols, vals = [], [], []
     grad = np.zeros(lay.n)
     for blk in blocks:
@@ -393,6 +402,9 @@ def _assemble(blocks: list[_Block], lay: _Layout, depth: _DepthTerm | None, logs
 
 
 def _apply(state: State, delta: np.ndarray, lay: _Layout) -> State:
+    """The state moved by the increment ``delta`` (n,): poses ``R ← R exp(ω)``, ``c ← c + δc`` (frame 0
+    fixed); windows ``Q ← exp(ω) Q``, ``t ← t + δt``, log scales (``s_0`` fixed).
+    """
     s = state.copy()
     T, G = lay.T, lay.G
     if T > 1:
@@ -422,6 +434,7 @@ class Weights:
 
 
 def _blocks(state: State, pairs: PairData, lay: _Layout, d: _SceneDepth, W: Weights, alphas: dict) -> list[_Block]:
+    """Residual blocks of the enabled terms (point-map and ray cameras, smoothness) at ``state``."""
     out: list[_Block] = []
     if alphas["pointmap"] > 0:
         rot, cen, _, _ = _pose_blocks(state, pairs, lay, "pm", d, W.pm_rot, W.pm_c)
@@ -435,6 +448,7 @@ def _blocks(state: State, pairs: PairData, lay: _Layout, d: _SceneDepth, W: Weig
 
 
 def _cost(blocks: list[_Block], depth: _DepthTerm | None, logs: np.ndarray) -> float:
+    """Total cost ``½ Σ w r²`` of the blocks plus the depth term's."""
     c = sum(0.5 * float((b.w[:, None] * b.r**2).sum()) for b in blocks)
     if depth is not None:
         c += depth.cost(logs)
@@ -487,10 +501,11 @@ def levenberg_marquardt(state: State, pairs: PairData, lay: _Layout, d: _SceneDe
 # Robust rounds
 # ---------------------------------------------------------------------------------------------
 def _robust_sigma(x: np.ndarray, floor: float) -> float:
+    """σ̂ of the finite values of ``x``, at least ``floor`` (``floor`` when there are none)."""
     x = x[np.isfinite(x)]
     if len(x) == 0:
         return floor
-    return max(1.4826 * float(np.median(np.abs(x))), floor)
+    return max(robust_sigma(x), floor)
 
 
 class _SceneDepth:
@@ -585,53 +600,12 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
     T, G = n_frames, len(state.logs)
     rays = alphas["rays"] > 0 and pairs.R_ray is not None
     lay = _Layout(T, G, rays)
-    P = pairs.n_pairs
-    pm_w = np.ones(P)
-    ray_w = np.ones(P)
+    pm_w, ray_w = np.ones(pairs.n_pairs), np.ones(pairs.n_pairs)
     info: dict = {"rounds": [], "iterations": 0, "frame0_outlier": False}
     anchor_outlier = False
     for rnd in range(rounds):
         d = _SceneDepth(pairs, T, pm_w)
-        # Residuals at the current state → noise levels → Cauchy pair weights.
-        sig = {}
-        Wtmp = Weights(np.ones(P), np.ones(P), np.ones(P), np.ones(P), 0.0, 0.0, None)
-        _, _, rr, rc = _pose_blocks(state, pairs, lay, "pm", d, Wtmp.pm_rot, Wtmp.pm_c)
-        m = pairs.pm_ok
-        e_rot = np.linalg.norm(rr, axis=-1)
-        e_c = np.linalg.norm(rc, axis=-1)
-        sig["pm_rot"] = _robust_sigma(e_rot[pm_w[m] > 0.5] if rnd else e_rot, _ROT_FLOOR)
-        sig["pm_c"] = _robust_sigma(e_c[pm_w[m] > 0.5] if rnd else e_c, _CENTRE_FLOOR)
-        # Depth: each pair's (signed) mean log-depth deviation from the fused depth — what the window
-        # scales can change; its spread over pairs is the noise level of the depth term.
-        dt = _DepthTerm(pairs, T, np.ones(P), 1.0)
-        dev, wt = dt.deviations(state.logs)
-        qq = dt.cover
-        ok = qq >= 0
-        multi = ((wt > 0).any(-1)).sum(1) >= 2  # frames seen by ≥ 2 windows
-        wsum = wt.sum(-1)
-        mdev = np.where(wsum > 0, (wt * dev).sum(-1) / np.maximum(wsum, 1e-300), 0.0)
-        pair_dev = np.zeros(P)
-        pair_dev[qq[ok]] = mdev[ok]
-        sel = (ok & multi[:, None])
-        if rnd:
-            sel &= pm_w[np.where(ok, qq, 0)] > 0.5
-        sig["depth"] = _robust_sigma(mdev[sel], _DEPTH_FLOOR)
-        e2 = np.zeros(P)
-        e2[m] = (e_rot / sig["pm_rot"]) ** 2 + (e_c / sig["pm_c"]) ** 2
-        e2 += (pair_dev / sig["depth"]) ** 2
-        pm_w = np.where(pairs.pm_ok, 1.0 / (1.0 + e2 / robust_scale**2), 0.0)
-        if rays:
-            _, _, rr2, rc2 = _pose_blocks(state, pairs, lay, "ray", d, Wtmp.ray_rot, Wtmp.ray_c)
-            mr = pairs.ray_ok
-            er, ec = np.linalg.norm(rr2, axis=-1), np.linalg.norm(rc2, axis=-1)
-            sel = ray_w[mr] > 0.5 if rnd else np.ones(mr.sum(), bool)
-            sig["ray_rot"] = _robust_sigma(er[sel], _ROT_FLOOR)
-            sig["ray_c"] = _robust_sigma(ec[sel], _CENTRE_FLOOR)
-            e2r = np.zeros(P)
-            e2r[mr] = (er / sig["ray_rot"]) ** 2 + (ec / sig["ray_c"]) ** 2
-            ray_w = np.where(mr, 1.0 / (1.0 + e2r / robust_scale**2), 0.0)
-        else:
-            ray_w = np.zeros(P)
+        sig, pm_w, ray_w = _noise_and_weights(state, pairs, lay, d, T, pm_w, ray_w, rnd, rays, robust_scale)
         if rnd == 0:
             sm_rot, sm_tr = _smoothness_scales(state, d.value(state.logs), sig["pm_rot"], sig["pm_c"], smooth_rot,
                                                smooth_trans)
@@ -639,21 +613,12 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
         if anchor_outlier:
             pm_w = np.where(pairs.i == 0, 0.0, pm_w)
             ray_w = np.where(pairs.i == 0, 0.0, ray_w)
-        a_pm, a_ray, a_sm = alphas["pointmap"], alphas["rays"], alphas["smooth"]
         d = _SceneDepth(pairs, T, pm_w)
-        W = Weights(
-            pm_rot=a_pm * pm_w / sig["pm_rot"] ** 2 / 3.0,
-            pm_c=a_pm * pm_w / sig["pm_c"] ** 2 / 3.0,
-            ray_rot=(a_ray * ray_w / sig["ray_rot"] ** 2 / 3.0) if rays else np.zeros(P),
-            ray_c=(a_ray * ray_w / sig["ray_c"] ** 2 / 3.0) if rays else np.zeros(P),
-            smooth_rot=a_sm / sm_rot**2 / 3.0,
-            smooth_tr=a_sm / sm_tr**2 / 3.0,
-            depth=_DepthTerm(pairs, T, pm_w, a_pm / sig["depth"] ** 2),
-        )
+        W = _term_weights(pairs, T, alphas, sig, pm_w, ray_w, sm_rot, sm_tr, rays)
         state, li = levenberg_marquardt(state, pairs, lay, d, W, alphas, iterations)
         info["iterations"] += li["iterations"]
         info["rounds"].append({"sigma": {k: float(v) for k, v in sig.items()}, **li})
-        if rnd == 0 and a_sm > 0 and rounds > 1 and T >= 4:
+        if rnd == 0 and alphas["smooth"] > 0 and rounds > 1 and T >= 4:
             anchor_outlier = _anchor_jump(state, sm_rot)
             if anchor_outlier:
                 info["frame0_outlier"] = True
@@ -661,3 +626,78 @@ def refine(state: State, pairs: PairData, n_frames: int, *, alphas: dict, smooth
     info["ray_weight"] = ray_w
     info["scene_depth"] = _SceneDepth(pairs, T, pm_w).value(state.logs)
     return state, info
+
+
+def _noise_and_weights(state: State, pairs: PairData, lay: _Layout, d: _SceneDepth, T: int, pm_w: np.ndarray,
+                       ray_w: np.ndarray, rnd: int, rays: bool, robust_scale: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Noise levels σ̂ of each term at the current state, then Cauchy weights per pair.
+
+    After the first round, σ̂ is measured on the pairs the previous round kept (weight > 0.5).
+    Returns ``(sigmas, pm_weight (P,), ray_weight (P,))``.
+    """
+    sig: dict = {}
+    m = pairs.pm_ok
+    e_rot, e_c, sig["pm_rot"], sig["pm_c"] = _pose_noise(state, pairs, lay, "pm", d, pm_w[m] > 0.5 if rnd else None)
+    pair_dev, sig["depth"] = _depth_noise(state, pairs, T, pm_w if rnd else None)
+    e2 = np.zeros(pairs.n_pairs)
+    e2[m] = (e_rot / sig["pm_rot"]) ** 2 + (e_c / sig["pm_c"]) ** 2
+    e2 += (pair_dev / sig["depth"]) ** 2
+    pm_w = _cauchy_weights(e2, m, robust_scale)
+    if not rays:
+        return sig, pm_w, np.zeros(pairs.n_pairs)
+    mr = pairs.ray_ok
+    er, ec, sig["ray_rot"], sig["ray_c"] = _pose_noise(state, pairs, lay, "ray", d, ray_w[mr] > 0.5 if rnd else None)
+    e2r = np.zeros(pairs.n_pairs)
+    e2r[mr] = (er / sig["ray_rot"]) ** 2 + (ec / sig["ray_c"]) ** 2
+    return sig, pm_w, _cauchy_weights(e2r, mr, robust_scale)
+
+
+def _cauchy_weights(e2: np.ndarray, ok: np.ndarray, robust_scale: float) -> np.ndarray:
+    """``1 / (1 + e² / c²)`` per pair (``e²`` the squared normalised residual), 0 where not ``ok``."""
+    return np.where(ok, 1.0 / (1.0 + e2 / robust_scale**2), 0.0)
+
+
+def _pose_noise(state: State, pairs: PairData, lay: _Layout, kind: str, d: _SceneDepth,
+                keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Rotation and centre residual norms of the ``kind`` ("pm"/"ray") camera term, and their σ̂
+    over the ``keep`` pairs (None: all)."""
+    ones = np.ones(pairs.n_pairs)
+    _, _, rr, rc = _pose_blocks(state, pairs, lay, kind, d, ones, ones)
+    e_rot, e_c = np.linalg.norm(rr, axis=-1), np.linalg.norm(rc, axis=-1)
+    sel = slice(None) if keep is None else keep
+    return e_rot, e_c, _robust_sigma(e_rot[sel], _ROT_FLOOR), _robust_sigma(e_c[sel], _CENTRE_FLOOR)
+
+
+def _depth_noise(state: State, pairs: PairData, T: int, prev_w: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """Each pair's (signed) mean log-depth deviation from the fused depth — what the window scales
+    can change — and σ̂ of it over frames seen by ≥ 2 windows (pairs of weight > 0.5 in ``prev_w``)."""
+    P = pairs.n_pairs
+    dt = _DepthTerm(pairs, T, np.ones(P), 1.0)
+    dev, wt = dt.deviations(state.logs)
+    qq = dt.cover
+    ok = qq >= 0
+    multi = ((wt > 0).any(-1)).sum(1) >= 2  # frames seen by ≥ 2 windows
+    wsum = wt.sum(-1)
+    mdev = np.where(wsum > 0, (wt * dev).sum(-1) / np.maximum(wsum, 1e-300), 0.0)
+    pair_dev = np.zeros(P)
+    pair_dev[qq[ok]] = mdev[ok]
+    sel = ok & multi[:, None]
+    if prev_w is not None:
+        sel &= prev_w[np.where(ok, qq, 0)] > 0.5
+    return pair_dev, _robust_sigma(mdev[sel], _DEPTH_FLOOR)
+
+
+def _term_weights(pairs: PairData, T: int, alphas: dict, sig: dict, pm_w: np.ndarray, ray_w: np.ndarray,
+                  sm_rot: float, sm_tr: float, rays: bool) -> Weights:
+    """LM weights of every term: ``α · pair weight / σ̂²`` (÷3 per residual component)."""
+    P = pairs.n_pairs
+    a_pm, a_ray, a_sm = alphas["pointmap"], alphas["rays"], alphas["smooth"]
+    return Weights(
+        pm_rot=a_pm * pm_w / sig["pm_rot"] ** 2 / 3.0,
+        pm_c=a_pm * pm_w / sig["pm_c"] ** 2 / 3.0,
+        ray_rot=(a_ray * ray_w / sig["ray_rot"] ** 2 / 3.0) if rays else np.zeros(P),
+        ray_c=(a_ray * ray_w / sig["ray_c"] ** 2 / 3.0) if rays else np.zeros(P),
+        smooth_rot=a_sm / sm_rot**2 / 3.0,
+        smooth_tr=a_sm / sm_tr**2 / 3.0,
+        depth=_DepthTerm(pairs, T, pm_w, a_pm / sig["depth"] ** 2),
+    )

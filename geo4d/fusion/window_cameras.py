@@ -348,9 +348,43 @@ def pnp(
     w = np.asarray(weights, dtype=np.float64)
     f = np.broadcast_to(np.asarray(focal, dtype=np.float64), (B,)).copy()
     ok = (w > 0).sum(1) >= 6
-
-    # --- DLT ------------------------------------------------------------------------------------
     ws = np.maximum(w.sum(1), 1e-300)
+    R, c = _pnp_dlt(P, uv, w, ws, f, cx, cy, ok)
+    u_n, v_n = uv[None, :, 0] - cx, uv[None, :, 1] - cy
+    Z, zs, front, r = _reprojection(P, R, c, f, u_n, v_n)
+    e0 = np.sqrt(np.where(front, (r**2).sum(-1), 0.0))
+    active = ok & (np.sqrt((w * e0**2).sum(-1) / ws) * f >= 1e-4)
+    damp = np.full(B, 1e-4)
+    n_iter = 0
+    for _ in range(iterations):
+        if not active.any():
+            break
+        n_iter += 1
+        wr = _huber_weights(r, w, front)
+        J = _reprojection_jacobian(Z, zs, R, u_n / f[:, None], v_n / f[:, None], estimate_focal)
+        c0 = _cost(r, front, wr)
+        R, c, f, damp, pending, moved, gain = _lm_attempts(P, R, c, f, u_n, v_n, J, r, wr, c0, damp, active,
+                                                           estimate_focal)
+        # Converged: tiny step, negligible gain, or already at float32 precision (1e-4 px RMS).
+        tiny = np.sqrt(c0 / np.maximum(wr.sum(-1), 1e-300)) * f < 1e-4
+        stuck = pending & (damp > 1e8)
+        active &= ~stuck & ~tiny & (pending | ((moved > 1e-12) & (gain > 1e-10 * c0)))
+        Z, zs, front, r = _reprojection(P, R, c, f, u_n, v_n)
+    e2 = np.where(front, (r**2).sum(-1), 0.0)
+    rms = np.sqrt((w * e2).sum(-1) / ws) * f
+    rms = np.where(ok, rms, np.nan)
+    return {"R": R, "c": c, "focal": f, "rms": rms, "depth": Z[..., 2], "iterations": n_iter}
+
+
+def _pnp_dlt(P: np.ndarray, uv: np.ndarray, w: np.ndarray, ws: np.ndarray, f: np.ndarray, cx: float, cy: float,
+             ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Initial ``(R (B,3,3), c (B,3))`` by a DLT in normalised image coordinates.
+
+    With Hartley-normalised points ``X̃ = [(P − μ)/s, 1]`` and ``x = (u − cx)/f``, ``y = (v − cy)/f``,
+    the 3×4 matrix ``M`` minimising ``Σ w (‖M₁X̃ − x M₃X̃‖² + ‖M₂X̃ − y M₃X̃‖²)`` is the smallest
+    eigenvector of a 12×12 normal matrix; its left 3×3 block, projected to a rotation, is ``Rᵀ``.
+    """
+    B, n, _ = P.shape
     mu = np.einsum("bn,bni->bi", w, P) / ws[:, None]
     spread = np.sqrt(np.einsum("bn,bn->b", w, ((P - mu[:, None]) ** 2).sum(-1)) / ws / 3.0)
     spread = np.where(spread > 0, spread, 1.0)
@@ -373,108 +407,107 @@ def pnp(
     N[~ok] = np.eye(12)
     _, vecs = np.linalg.eigh(N)
     Mx = vecs[:, :, 0].reshape(B, 3, 4)
-    Bm = Mx[:, :, :3]
-    flip = np.linalg.det(Bm) < 0
+    flip = np.linalg.det(Mx[:, :, :3]) < 0
     Mx[flip] *= -1.0
-    Bm = Mx[:, :, :3]
-    U, S, Vt = np.linalg.svd(Bm)
+    U, S, Vt = np.linalg.svd(Mx[:, :, :3])
     Rt = U @ Vt  # cam_from_ref rotation (det +1 since det B > 0)
     lam = S.mean(-1)
     lam = np.where(lam > 0, lam, 1.0)
     R = np.swapaxes(Rt, -1, -2)
     c_n = -np.einsum("bij,bj->bi", R, Mx[:, :, 3]) / lam[:, None]
-    c = mu + spread[:, None] * c_n
+    return R, mu + spread[:, None] * c_n
 
-    # --- Levenberg-Marquardt ------------------------------------------------------------------
-    npar = 7 if estimate_focal else 6
-    damp = np.full(B, 1e-4)
-    u_n, v_n = uv[None, :, 0] - cx, uv[None, :, 1] - cy
 
-    def evaluate(R, c, f):
-        Z = np.matmul(P - c[:, None, :], R)  # rows: Rᵀ (P − c)
-        zz = Z[..., 2]
-        front = zz > 1e-12
-        zs = np.where(front, zz, 1.0)
-        xh = u_n / f[:, None]
-        yh = v_n / f[:, None]
-        r = np.stack([Z[..., 0] / zs - xh, Z[..., 1] / zs - yh], axis=-1)  # (B,n,2) normalised units
-        return Z, zs, front, r, xh, yh
+def _reprojection(P: np.ndarray, R: np.ndarray, c: np.ndarray, f: np.ndarray, u_n: np.ndarray, v_n: np.ndarray):
+    """Camera-frame points ``Z = Rᵀ(P − c)`` (B,n,3), their safe depths, in-front mask, and the
+    residuals ``r = (Z_x/Z_z − u_n/f, Z_y/Z_z − v_n/f)`` (B,n,2) in normalised units."""
+    Z = np.matmul(P - c[:, None, :], R)  # rows: Rᵀ (P − c)
+    zz = Z[..., 2]
+    front = zz > 1e-12
+    zs = np.where(front, zz, 1.0)
+    r = np.stack([Z[..., 0] / zs - u_n / f[:, None], Z[..., 1] / zs - v_n / f[:, None]], axis=-1)
+    return Z, zs, front, r
 
-    def cost(r, front, wr):
-        return (wr * np.where(front, (r**2).sum(-1), 0.0)).sum(-1)
 
-    Z, zs, front, r, xh, yh = evaluate(R, c, f)
-    e0 = np.sqrt(np.where(front, (r**2).sum(-1), 0.0))
-    active = ok & (np.sqrt((w * e0**2).sum(-1) / ws) * f >= 1e-4)
-    n_iter = 0
-    for _ in range(iterations):
-        if not active.any():
+def _cost(r: np.ndarray, front: np.ndarray, wr: np.ndarray) -> np.ndarray:
+    """(B,) weighted squared reprojection error (points behind the camera count 0)."""
+    return (wr * np.where(front, (r**2).sum(-1), 0.0)).sum(-1)
+
+
+def _huber_weights(r: np.ndarray, w: np.ndarray, front: np.ndarray) -> np.ndarray:
+    """Sample weights ``w`` times Huber weights at 2.5× the median residual (no effect on exact data)."""
+    B, n, _ = r.shape
+    e = np.sqrt((r**2).sum(-1))
+    with np.errstate(all="ignore"):
+        med = np.nanmedian(np.where(w > 0, e, np.nan), axis=1) if n else np.ones(B)
+    med = np.where(np.isfinite(med), med, 1.0)
+    k = 2.5 * np.maximum(med, 1e-12)[:, None]
+    hub = np.where(e <= k, 1.0, k / np.maximum(e, 1e-300))
+    return w * hub * front
+
+
+def _reprojection_jacobian(Z: np.ndarray, zs: np.ndarray, R: np.ndarray, xh: np.ndarray, yh: np.ndarray,
+                           estimate_focal: bool) -> np.ndarray:
+    """(B, n, 2, 6|7) Jacobian of the residuals w.r.t. (ω, c[, log f]), ``R ← R exp(ω)``.
+
+    ``dr/dZ = [[1/z, 0, −x/z], [0, 1/z, −y/z]]`` (x, y = Z_x/z, Z_y/z); ``dZ/dω = [Z]×``,
+    ``dZ/dc = −Rᵀ``; ``dr/d log f = (x̂, ŷ)``.
+    """
+    B, n, _ = Z.shape
+    inv = 1.0 / zs
+    xz, yz = Z[..., 0] * inv, Z[..., 1] * inv
+    dZ = np.zeros((B, n, 2, 3))
+    dZ[..., 0, 0] = inv
+    dZ[..., 0, 2] = -xz * inv
+    dZ[..., 1, 1] = inv
+    dZ[..., 1, 2] = -yz * inv
+    J = np.zeros((B, n, 2, 7 if estimate_focal else 6))
+    # (dr/dZ)[Z]×, written out: [Z]× rows are (0,−Z2,Z1), (Z2,0,−Z0), (−Z1,Z0,0).
+    Z0, Z1, Z2 = Z[..., 0], Z[..., 1], Z[..., 2]
+    J[..., 0, 0] = xz * inv * Z1
+    J[..., 0, 1] = -inv * Z2 - xz * inv * Z0
+    J[..., 0, 2] = inv * Z1
+    J[..., 1, 0] = inv * Z2 + yz * inv * Z1
+    J[..., 1, 1] = -yz * inv * Z0
+    J[..., 1, 2] = -inv * Z0
+    J[..., 3:6] = -np.matmul(dZ, np.swapaxes(R, -1, -2)[:, None])
+    if estimate_focal:
+        J[..., 0, 6] = xh
+        J[..., 1, 6] = yh
+    return J
+
+
+def _lm_attempts(P, R, c, f, u_n, v_n, J, r, wr, c0, damp, active, estimate_focal):
+    """One LM iteration per active camera: up to 6 damped steps until the cost does not increase.
+
+    Returns ``(R, c, f, damp, pending, moved, gain)``: ``pending`` (B,) cameras that found no
+    better step, ``moved`` the accepted step's max component, ``gain`` its cost decrease.
+    """
+    B, n, _, npar = J.shape
+    Jf = J.reshape(B, 2 * n, npar)
+    wf = np.repeat(wr, 2, axis=1)
+    JtJ = np.matmul(np.swapaxes(Jf * wf[..., None], 1, 2), Jf)
+    Jtr = np.matmul(np.swapaxes(Jf * wf[..., None], 1, 2), r.reshape(B, 2 * n, 1))[..., 0]
+    pending = active.copy()
+    moved, gain = np.zeros(B), np.zeros(B)
+    for _attempt in range(6):
+        A = JtJ + damp[:, None, None] * (np.eye(npar) * np.maximum(np.einsum("bii->bi", JtJ), 1e-12)[:, None, :])
+        A[~pending] = np.eye(npar)
+        delta = -np.linalg.solve(A, Jtr[..., None])[..., 0]
+        delta[~pending] = 0.0
+        Rn = R @ so3_exp(delta[:, 0:3])
+        cn = c + delta[:, 3:6]
+        fn = f * np.exp(delta[:, 6]) if estimate_focal else f
+        _, _, frontn, rn = _reprojection(P, Rn, cn, fn, u_n, v_n)
+        c1 = _cost(rn, frontn, wr)
+        better = pending & (c1 <= c0)
+        R = np.where(better[:, None, None], Rn, R)
+        c = np.where(better[:, None], cn, c)
+        f = np.where(better, fn, f)
+        moved = np.where(better, np.abs(delta).max(-1), moved)
+        gain = np.where(better, c0 - c1, gain)
+        damp = np.where(better, np.maximum(damp * 0.3, 1e-9), np.where(pending, damp * 10.0, damp))
+        pending &= ~better
+        if not pending.any():
             break
-        n_iter += 1
-        e = np.sqrt((r**2).sum(-1))
-        # Huber weights at 2.5× the weighted median residual (no effect on exact data).
-        with np.errstate(all="ignore"):
-            med = np.nanmedian(np.where(w > 0, e, np.nan), axis=1) if n else np.ones(B)
-        med = np.where(np.isfinite(med), med, 1.0)
-        k = 2.5 * np.maximum(med, 1e-12)[:, None]
-        hub = np.where(e <= k, 1.0, k / np.maximum(e, 1e-300))
-        wr = w * hub * front
-        inv = 1.0 / zs
-        # dr/dZ = [[1/z, 0, −x/z], [0, 1/z, −y/z]] (x, y = Z_x/z, Z_y/z); dZ/dω = [Z]×, dZ/dc = −Rᵀ.
-        xz, yz = Z[..., 0] * inv, Z[..., 1] * inv
-        dZ = np.zeros((B, n, 2, 3))
-        dZ[..., 0, 0] = inv
-        dZ[..., 0, 2] = -xz * inv
-        dZ[..., 1, 1] = inv
-        dZ[..., 1, 2] = -yz * inv
-        J = np.zeros((B, n, 2, npar))
-        # (dr/dZ)[Z]×, written out: [Z]× rows are (0,−Z2,Z1), (Z2,0,−Z0), (−Z1,Z0,0).
-        Z0, Z1, Z2 = Z[..., 0], Z[..., 1], Z[..., 2]
-        J[..., 0, 0] = xz * inv * Z1
-        J[..., 0, 1] = -inv * Z2 - xz * inv * Z0
-        J[..., 0, 2] = inv * Z1
-        J[..., 1, 0] = inv * Z2 + yz * inv * Z1
-        J[..., 1, 1] = -yz * inv * Z0
-        J[..., 1, 2] = -inv * Z0
-        J[..., 3:6] = -np.matmul(dZ, np.swapaxes(R, -1, -2)[:, None])
-        if estimate_focal:
-            J[..., 0, 6] = xh
-            J[..., 1, 6] = yh
-        Jf = J.reshape(B, 2 * n, npar)
-        wf = np.repeat(wr, 2, axis=1)
-        JtJ = np.matmul(np.swapaxes(Jf * wf[..., None], 1, 2), Jf)
-        Jtr = np.matmul(np.swapaxes(Jf * wf[..., None], 1, 2), r.reshape(B, 2 * n, 1))[..., 0]
-        c0 = cost(r, front, wr)
-        pending = active.copy()
-        moved = np.zeros(B)
-        gain = np.zeros(B)
-        for _attempt in range(6):
-            A = JtJ + damp[:, None, None] * (np.eye(npar) * np.maximum(np.einsum("bii->bi", JtJ), 1e-12)[:, None, :])
-            A[~pending] = np.eye(npar)
-            delta = -np.linalg.solve(A, Jtr[..., None])[..., 0]
-            delta[~pending] = 0.0
-            Rn = R @ so3_exp(delta[:, 0:3])
-            cn = c + delta[:, 3:6]
-            fn = f * np.exp(delta[:, 6]) if estimate_focal else f
-            _, _, frontn, rn, _, _ = evaluate(Rn, cn, fn)
-            c1 = cost(rn, frontn, wr)
-            better = pending & (c1 <= c0)
-            R = np.where(better[:, None, None], Rn, R)
-            c = np.where(better[:, None], cn, c)
-            f = np.where(better, fn, f)
-            moved = np.where(better, np.abs(delta).max(-1), moved)
-            gain = np.where(better, c0 - c1, gain)
-            damp = np.where(better, np.maximum(damp * 0.3, 1e-9), np.where(pending, damp * 10.0, damp))
-            pending &= ~better
-            if not pending.any():
-                break
-        # Converged cameras (tiny step, or no progress possible) stop iterating.
-        # Converged: tiny step, negligible gain, or already at float32 precision (1e-4 px RMS).
-        tiny = np.sqrt(c0 / np.maximum(wr.sum(-1), 1e-300)) * f < 1e-4
-        stuck = pending & (damp > 1e8)
-        active &= ~stuck & ~tiny & (pending | ((moved > 1e-12) & (gain > 1e-10 * c0)))
-        Z, zs, front, r, xh, yh = evaluate(R, c, f)
-    e2 = np.where(front, (r**2).sum(-1), 0.0)
-    rms = np.sqrt((w * e2).sum(-1) / ws) * f
-    rms = np.where(ok, rms, np.nan)
-    return {"R": R, "c": c, "focal": f, "rms": rms, "depth": Z[..., 2], "iterations": n_iter}
+    return R, c, f, damp, pending, moved, gain

@@ -334,12 +334,7 @@ def depth_metrics(
     if align not in DEPTH_ALIGN_METHODS:
         raise ValueError(f"align: expected one of {DEPTH_ALIGN_METHODS}, got {align!r}")
     pred, gt = _check_depth(pred_depth, gt_depth, valid, align_mask)
-    with np.errstate(invalid="ignore"):
-        mask = np.isfinite(gt) & (gt > 0)
-        if max_depth is not None:
-            mask &= gt < max_depth
-    if valid is not None:
-        mask &= np.asarray(valid, dtype=bool)
+    mask = _gt_valid(gt, valid, max_depth)
     n = int(mask.sum())
     out = {k: float("nan") for k in DEPTH_METRIC_KEYS}
     out["valid_pixels"] = float(n)
@@ -353,37 +348,56 @@ def depth_metrics(
         raise ValueError(
             f"pred_depth: {int((~finite).sum())} non-finite values at valid ground-truth pixels"
         )
-    if align is not None:
-        fit = np.ones(n, dtype=bool)
-        if align_mask is not None:
-            fit &= np.asarray(align_mask, dtype=bool)[mask]
-        if not fit.any():
-            raise ValueError("depth_metrics: no pixel left to fit the alignment (valid ∩ align_mask is empty)")
-        pf, gf = p[fit], g[fit]
-        if align == "scale_shift_l1":
-            s, t = fit_scale_shift_l1(pf, gf)
-        elif align == "scale_shift_l1_adam":
-            s, t = fit_scale_shift_l1_adam(pf, gf, lr=adam_lr, max_iters=adam_iters)
-        elif align == "scale_l1":
-            s, t = fit_scale_l1(pf, gf), 0.0
-        else:  # median
-            s, t = float(np.median(gf) / np.median(pf)), 0.0
-    else:
-        s, t = 1.0, 0.0
+    fit = None if align_mask is None else np.asarray(align_mask, dtype=bool)[mask]
+    s, t = _fit_alignment(p, g, align, fit, adam_lr=adam_lr, adam_iters=adam_iters)
     p = s * p + t
     if post_clip_max is not None:
         p = np.minimum(p, post_clip_max)
+    out.update(_error_metrics(p, g))
+    out["scale"], out["shift"] = float(s), float(t)
+    return out
+
+
+def _gt_valid(gt: np.ndarray, valid: np.ndarray | None, max_depth: float | None) -> np.ndarray:
+    """Finite ``gt > 0`` (and ``< max_depth`` when given), AND the caller's ``valid`` mask."""
+    with np.errstate(invalid="ignore"):
+        mask = np.isfinite(gt) & (gt > 0)
+        if max_depth is not None:
+            mask &= gt < max_depth
+    if valid is not None:
+        mask &= np.asarray(valid, dtype=bool)
+    return mask
+
+
+def _fit_alignment(p: np.ndarray, g: np.ndarray, align: str | None, fit: np.ndarray | None, *,
+                   adam_lr: float, adam_iters: int) -> tuple[float, float]:
+    """``(s, t)`` of the ``align`` method, fitted on the pixels where ``fit`` (None: all) is True."""
+    if align is None:
+        return 1.0, 0.0
+    if fit is not None:
+        if not fit.any():
+            raise ValueError("depth_metrics: no pixel left to fit the alignment (valid ∩ align_mask is empty)")
+        p, g = p[fit], g[fit]
+    if align == "scale_shift_l1":
+        return fit_scale_shift_l1(p, g)
+    if align == "scale_shift_l1_adam":
+        return fit_scale_shift_l1_adam(p, g, lr=adam_lr, max_iters=adam_iters)
+    if align == "scale_l1":
+        return fit_scale_l1(p, g), 0.0
+    return float(np.median(g) / np.median(p)), 0.0  # median
+
+
+def _error_metrics(p: np.ndarray, g: np.ndarray) -> dict[str, float]:
+    """Abs Rel, Sq Rel, RMSE of aligned ``p`` against ``g``; Log RMSE and δ with ``p`` clamped to ≥ 1e-5."""
     diff = p - g
-    out["abs_rel"] = float(np.mean(np.abs(diff) / g))
-    out["sq_rel"] = float(np.mean(diff**2 / g))
-    out["rmse"] = float(np.sqrt(np.mean(diff**2)))
+    out = {"abs_rel": float(np.mean(np.abs(diff) / g)), "sq_rel": float(np.mean(diff**2 / g)),
+           "rmse": float(np.sqrt(np.mean(diff**2)))}
     pc = np.maximum(p, _LOG_CLAMP)
     out["log_rmse"] = float(np.sqrt(np.mean((np.log(pc) - np.log(g)) ** 2)))
     ratio = np.maximum(pc / g, g / pc)
     out["delta_1_25"] = float(np.mean(ratio < 1.25))
     out["delta_1_25_2"] = float(np.mean(ratio < 1.25**2))
     out["delta_1_25_3"] = float(np.mean(ratio < 1.25**3))
-    out["scale"], out["shift"] = float(s), float(t)
     return out
 
 

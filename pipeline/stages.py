@@ -19,8 +19,10 @@ import numpy as np
 
 from geo4d import validation
 from geo4d.errors import InputError, PredictionError
-from geo4d.predictor import WindowPredictor, predictor_from_spec
+from geo4d.fusion import FusionConfig, fuse
+from geo4d.predictor import WindowPredictor
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, VideoTooShortError, window_starts
+from pipeline.predictors import PredictorSpec, parse_predictor_spec, predictor_from_spec, spec_fingerprint
 from storage.store import STAGES, Store, VideoInfo, stage_fingerprint, video_id_for
 
 __all__ = ["StageResult", "decode_stage", "windows_stage", "fuse_stage", "evaluate_stage", "Progress"]
@@ -104,7 +106,7 @@ def decode_stage(
 def windows_stage(
     store: Store,
     video_id: str,
-    predictor: WindowPredictor | dict,
+    predictor: WindowPredictor | PredictorSpec | dict,
     *,
     window_size: int = WINDOW_SIZE,
     stride: int = WINDOW_STRIDE,
@@ -113,11 +115,14 @@ def windows_stage(
 ) -> StageResult:
     """Predict every window not yet stored; each window's data is written, then its done marker."""
     info = store.video_info(video_id)
-    if isinstance(predictor, dict):
-        predictor = predictor_from_spec(predictor, video_path=info.source)
+    spec = None if isinstance(predictor, WindowPredictor) else parse_predictor_spec(predictor)
+    if spec is not None:
+        predictor = predictor_from_spec(spec, video_path=info.source)
     starts = window_starts(info.n_frames, window_size, stride)
     params = {"predictor": predictor.parameters(), "window_size": window_size, "stride": stride,
               "upstream": _upstream_fp(store, video_id, "decode")}
+    if spec is not None:
+        params["spec"] = spec_fingerprint(spec)
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "windows", fp):
         return StageResult(video_id, "windows", True, fp, details={"windows": len(starts), "predicted": 0})
@@ -199,7 +204,7 @@ def fuse_stage(
     store: Store,
     video_id: str,
     *,
-    fusion: dict | None = None,
+    fusion: FusionConfig | dict | None = None,
     run_id: str | None = None,
     progress: Progress | None = None,
     require_upstream: bool = True,
@@ -209,46 +214,25 @@ def fuse_stage(
     With ``require_upstream=False`` (``geo4d fuse``), the windows need not carry this program's
     stage records: any store following docs/store.md works.
     """
-    from geo4d.fusion import FusionConfig, fuse
-
     info = store.video_info(video_id)
     arrays, starts, V = store.windows(video_id)
     upstream = store.stage_record(video_id, "windows") or {}
     if require_upstream and upstream.get("status") != "complete":
         raise InputError(f"video {video_id}: stage 'windows' is not complete; run it first")
-    config = FusionConfig.from_dict(fusion or {})
-    params = {"fusion": _jsonable(config), "upstream": upstream.get("fingerprint"), "starts": starts}
+    config = FusionConfig.parse(fusion, what="fusion")
+    params = {"fusion": config.fingerprint_dict(), "upstream": upstream.get("fingerprint"), "starts": starts}
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "fuse", fp):
         return StageResult(video_id, "fuse", True, fp)
     t0 = time.perf_counter()
     store.clear_stages(video_id, ["fuse"] + _downstream("fuse"))
     result = fuse(arrays, starts, info.n_frames, config=config, progress=progress)
-    _checked(store, video_id, "fuse", run_id, lambda: validation.validate_fused(
-        {"depth": result.depth, "confidence": result.confidence, "intrinsics": result.intrinsics,
-         "cam_to_world": result.world_from_cam}, info.height, info.width))
-    store.write_fused(
-        video_id,
-        {
-            "depth": result.depth,
-            "confidence": result.confidence,
-            "intrinsics": result.intrinsics,
-            "cam_to_world": result.world_from_cam,
-            "points": result.points,
-        },
-        attrs={"diagnostics": result.diagnostics},
-    )
+    _checked(store, video_id, "fuse", run_id,
+             lambda: validation.validate_fused(result.geometry, info.height, info.width))
+    store.write_fused(video_id, result.geometry, diagnostics=result.diagnostics)
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "fuse", "complete", parameters=params, run_id=run_id, seconds=dt)
     return StageResult(video_id, "fuse", False, fp, dt)
-
-
-def _jsonable(config: Any) -> dict:
-    import dataclasses
-    import json
-
-    d = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
-    return json.loads(json.dumps(d, default=str))
 
 
 # ---- evaluate --------------------------------------------------------------------------------------
@@ -280,12 +264,12 @@ def evaluate_stage(
 
         gt = read_ground_truth(gt_dir)
         fused = store.read_fused(video_id)
-        if gt.depth.shape != fused["depth"].shape:
+        if gt.depth.shape != fused.depth.shape:
             raise InputError(
-                f"{gt_dir}: ground-truth depth {gt.depth.shape} does not match the reconstruction {fused['depth'].shape}"
+                f"{gt_dir}: ground-truth depth {gt.depth.shape} does not match the reconstruction {fused.depth.shape}"
             )
         metrics = {k: float(v) for k, v in reconstruction_metrics(
-            fused["depth"], fused["intrinsics"], fused["cam_to_world"],
+            fused.depth, fused.intrinsics, fused.world_from_cam,
             gt.depth, gt.intrinsics, gt.world_from_cam,
         ).items()}
         _checked(store, video_id, "evaluate", run_id, lambda: validation.validate_metrics(metrics))

@@ -55,7 +55,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed = args.seed + i
         rendered = render(make_scene(seed, args.frames, args.height, args.width, fps=args.fps, n_dynamic=args.dynamic))
         video = write_video(out / f"{name}.mp4", rendered.frames, fps=args.fps)
-        write_ground_truth(ground_truth_dir(video), rendered)
+        write_ground_truth(ground_truth_dir(video), rendered.geometry)
         print(f"  {name}: seed {seed}, {args.frames} frames {args.width}×{args.height} → {video.name} + "
               f"{ground_truth_dir(video).name}/ ({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 from geo4d.errors import InputError
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from geo4d.cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, predictor_spec
-    from geo4d.sources import resolve_sources
+    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, fusion_option, predictor_spec
+    from storage.sources import resolve_sources
     from storage.store import Store
 
     entries = resolve_sources(args.sources)  # one-line error before any work
     Store(args.store)
     spec = predictor_spec(args)
-    if spec["kind"] == "synthetic":
+    fusion = fusion_option(args.fusion)
+    if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
     if args.workers < 1:
         raise InputError(f"--workers {args.workers}: must be >= 1")
@@ -36,7 +36,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     print(f"{len(entries)} video(s) → {args.store} on {args.dask_address or f'{args.workers} local Dask worker(s)'}")
     t0 = time.perf_counter()
     result = reconstruct_archive.with_options(task_runner=runner)(
-        list(args.sources), args.store, predictor=spec, fusion=json.loads(args.fusion) if args.fusion else None,
+        list(args.sources), args.store, predictor=spec, fusion=fusion,
         evaluate=not args.no_evaluate, max_gpu_tasks=args.max_gpu_tasks,
     )
     dt = time.perf_counter() - t0
@@ -81,7 +81,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geo4d.cli.reconstruct import add_predictor_args
+    from geo4d_cli.reconstruct import add_predictor_args
 
     p = sub.add_parser("archive", help="reconstruct many videos into one store, concurrently on Dask, resumably")
     p.add_argument("sources", nargs="+", help="video files, directories, globs, or a Parquet/CSV manifest (path, video_id)")

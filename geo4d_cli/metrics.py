@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--label", help="method name in the tables")
     e.add_argument("--input-size", help="WxH fed to the predictor instead of the protocol's size (a deviation, "
                                         "recorded in the table; for quick checks)")
-    from geo4d.cli.reconstruct import add_predictor_args
+    from geo4d_cli.reconstruct import add_predictor_args
 
     add_predictor_args(e)
     e.set_defaults(func=cmd_evaluate)
@@ -239,7 +239,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from geo4d.cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, predictor_spec
+    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, predictor_spec
     from geo4d.datasets import list_sequences
 
     root = Path(args.root)
@@ -260,13 +260,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise InputError(f"--input-size {args.input_size!r}: expected WxH, e.g. 576x256") from None
     if args.ground_truth:
         raise InputError("--ground-truth: not used by geo4d evaluate (each sequence's own ground truth is read from --root)")
-    spec = predictor_spec(args)
-    if args.label:
-        spec["label"] = args.label
+    spec = predictor_spec(args)  # without --image-size, the network runs at the protocol's input size
     from storage.store import Store
 
     Store(args.store, mode="a")  # fail fast on a store of another layout
-    if spec["kind"] == "synthetic":
+    if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
     if args.depth_align == "official" and args.dataset != "tum":
         import torch
@@ -279,7 +277,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flows.evaluate import evaluate_benchmark
 
     t0 = time.perf_counter()
-    res = evaluate_benchmark(args.dataset, str(root), args.store, predictor=spec, sequences=names,
+    res = evaluate_benchmark(args.dataset, str(root), args.store, predictor=spec, label=args.label, sequences=names,
                              results_dir=args.results, run_name=args.run_name,
                              depth_align=_DEPTH_ALIGN[args.depth_align], input_size=size)
     from geo4d.report import format_metrics_table

@@ -32,7 +32,7 @@ def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 25
     print(f"[1/4] synthesising a dynamic scene: {frames} frames at {width}×{height} → {video}")
     rendered = render(make_scene(seed=seed, n_frames=frames, height=height, width=width))
     write_video(video, rendered.frames, fps=10)
-    write_ground_truth(data / f"{name}.gt", rendered)
+    write_ground_truth(data / f"{name}.gt", rendered.geometry)
 
     print("[2/4] reconstructing with Prefect (embedded, no server): decode → windows → fuse → evaluate")
     print(f"      predictor: SYNTHETIC test instrument (ground truth + unknown gauges + noise {DEMO_NOISE})")
@@ -64,13 +64,13 @@ def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 25
     fused = store.read_fused(vid)
     rgb = store.read_frames(vid)
     gt = read_ground_truth(data / f"{name}.gt")
-    write_summary_png(report / "summary.png", rgb, fused["depth"], fused["confidence"], fused["cam_to_world"],
+    write_summary_png(report / "summary.png", rgb, fused.depth, fused.confidence, fused.world_from_cam,
                       gt.world_from_cam, title=f"{vid} — synthetic predictor (test instrument)")
-    valid = fused["confidence"] > 0
+    valid = fused.valid
     step = max(1, frames // 12)
     sel = np.zeros_like(valid)
     sel[::step] = valid[::step]
-    n = write_ply(report / "points.ply", fused["points"][sel], rgb[sel])
+    n = write_ply(report / "points.ply", fused.points[sel], rgb[sel])
     (report / "metrics.json").write_text(json.dumps({"video_id": vid, "predictor": "synthetic", "metrics": metrics}, indent=2))
     print(f"      {report / 'summary.png'}\n      {report / 'points.ply'} ({n} points)\n      {report / 'metrics.json'}")
     print(f"done in {time.perf_counter() - t0:.1f} s")

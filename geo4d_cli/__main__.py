@@ -1,5 +1,5 @@
 import sys
 
-from geo4d.cli import main
+from geo4d_cli import main
 
 sys.exit(main())

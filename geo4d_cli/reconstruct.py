@@ -49,7 +49,29 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0, help="synthetic: seed of the gauges and noise")
 
 
-def predictor_spec(args: argparse.Namespace) -> dict:
+def predictor_spec(args: argparse.Namespace):
+    """The validated :data:`pipeline.predictors.PredictorSpec` the predictor options describe."""
+    from pipeline.predictors import parse_predictor_spec
+
+    return parse_predictor_spec(_predictor_mapping(args))
+
+
+def fusion_option(text: str | None):
+    """``--fusion JSON`` as a validated :class:`geo4d.fusion.FusionConfig` (None: the defaults)."""
+    from geo4d.fusion import FusionConfig
+
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--fusion {text}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--fusion {text}: expected a JSON object of fusion options")
+    return FusionConfig.parse(data, what="--fusion")
+
+
+def _predictor_mapping(args: argparse.Namespace) -> dict:
     kind = args.predictor or ("geo4d" if args.checkpoint else "synthetic")
     if kind == "geo4d":
         missing = [o for o, v in (("--checkpoint", args.checkpoint), ("--config", args.config),
@@ -96,8 +118,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if not video.is_file():
         raise InputError(f"{video}: no such file" if not video.exists() else f"{video}: not a file")
     spec = predictor_spec(args)
+    fusion = fusion_option(args.fusion)
     _open_store(args.store)  # fail fast on a store of another layout, before any work
-    if spec["kind"] == "synthetic":
+    if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
     _prefect_env()
     from flows.reconstruct import reconstruct_video
@@ -105,8 +128,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = reconstruct_video(
         str(video), args.store, predictor=spec, video_id=args.video_id, frame_stride=args.frame_stride,
-        fusion=json.loads(args.fusion) if args.fusion else None, evaluate=not args.no_evaluate,
-        ground_truth=args.ground_truth if spec["kind"] != "synthetic" else args.ground_truth,
+        fusion=fusion, evaluate=not args.no_evaluate, ground_truth=args.ground_truth,
     )
     print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
     _print_stages(result)
@@ -127,10 +149,10 @@ def _print_stages(result: dict) -> None:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    from geo4d.stages import fuse_stage
+    from pipeline.stages import fuse_stage
 
     store = _open_store(args.store)
-    fusion = json.loads(args.fusion) if args.fusion else None
+    fusion = fusion_option(args.fusion)
 
     def progress(done: int, total: int, message: str = "") -> None:
         print(f"  fuse {done}/{total} {message}", flush=True)
@@ -143,7 +165,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from geo4d.demo import run_demo
+    from geo4d_cli.demo import run_demo
 
     return run_demo(Path(args.workdir), frames=args.frames, height=args.height, width=args.width, seed=args.seed)
 

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from geo4d.errors import Geo4DError
 
 # Modules providing subcommands, in help order.
 COMMAND_MODULES = (
-    "geo4d.cli.synth",        # synth
-    "geo4d.cli.reconstruct",  # reconstruct, fuse, demo
-    "geo4d.cli.model",        # check-fixture
-    "geo4d.cli.metrics",      # metrics poses|depth, evaluate
-    "geo4d.cli.archive",      # archive, status
-    "geo4d.cli.export",       # export
+    "geo4d_cli.synth",        # synth
+    "geo4d_cli.reconstruct",  # reconstruct, fuse, demo
+    "geo4d_cli.model",        # check-fixture
+    "geo4d_cli.metrics",      # metrics poses|depth, evaluate
+    "geo4d_cli.archive",      # archive, status
+    "geo4d_cli.export",       # export
 )
 
 
@@ -26,8 +25,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
         importlib.import_module(name).register(sub)
     return parser
 

@@ -20,26 +20,13 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import torch
 from diffusers import DDIMScheduler
-from pydantic import Field
 
-from geo4d.spec import Spec
+from geo4d_model.settings import SamplerSettings
 
 __all__ = ["SamplerSettings", "DDIMSampler"]
-
-
-class SamplerSettings(Spec):
-    """Settings of one sampling run (defaults: the official demo/evaluation settings)."""
-
-    steps: int = Field(5, ge=1, description="DDIM steps")
-    eta: float = Field(0.0, ge=0.0, description="DDIM stochasticity (0: deterministic)")
-    guidance_scale: float = Field(1.0, description="classifier-free guidance scale (1: conditional only)")
-    guidance_rescale: float = Field(0.7, ge=0.0, le=1.0, description="guidance rescale factor")
-    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
-    dynamic_rescale: bool = True
 
 
 class DDIMSampler:

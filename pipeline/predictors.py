@@ -28,7 +28,7 @@ from geo4d.errors import InputError
 from geo4d.predictor import WindowPredictor
 from geo4d.spec import Spec
 from geo4d.synthetic_predictor import SyntheticNoise
-from geo4d_model.sampler import SamplerSettings
+from geo4d_model.settings import SamplerSettings
 
 __all__ = ["SyntheticPredictorSpec", "Geo4DPredictorSpec", "PredictorSpec", "parse_predictor_spec",
            "predictor_from_spec", "predictor_image_size", "spec_fingerprint"]

@@ -34,3 +34,29 @@ def test_deployments_resolve_and_parameters_match():
     assert {"reconstruct-video", "nightly-archive"} <= names
     nightly = next(d for d in spec["deployments"] if d["name"] == "nightly-archive")
     assert nightly["schedules"] and set(nightly["parameters"]) >= {"sources", "store", "predictor"}
+
+
+def test_deployment_parameters_validate_into_the_flows_specs():
+    """Prefect validates a run's parameters against the flow's signature: the predictor mapping of
+    each deployment becomes a typed spec, and a misspelt key is refused."""
+    import copy
+
+    import pytest
+    from prefect.exceptions import ParameterTypeError
+    from prefect.flows import load_flow_from_entrypoint
+
+    from pipeline.predictors import Geo4DPredictorSpec
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for dep in spec["deployments"]:
+        path, _, name = dep["entrypoint"].partition(":")
+        flow = load_flow_from_entrypoint(str(ROOT / path) + ":" + name)
+        params = {"video": "v.mp4", **dep["parameters"]} if "video" in inspect.signature(flow.fn).parameters \
+            else dict(dep["parameters"])
+        validated = flow.validate_parameters(params)
+        assert isinstance(validated["predictor"], Geo4DPredictorSpec), dep["name"]
+        assert validated["predictor"].checkpoint == dep["parameters"]["predictor"]["checkpoint"]
+        bad = copy.deepcopy(params)
+        bad["predictor"]["chekpoint"] = bad["predictor"].pop("checkpoint")
+        with pytest.raises(ParameterTypeError, match="chekpoint"):
+            flow.validate_parameters(bad)

@@ -11,7 +11,7 @@ import yaml
 from geo4d.errors import InputError
 from geo4d.spec import Spec, jsonable
 from geo4d_model.config import config_from_dict
-from geo4d_model.sampler import SamplerSettings
+from geo4d_model.settings import SamplerSettings
 from pipeline.predictors import (
     Geo4DPredictorSpec,
     SyntheticPredictorSpec,

@@ -18,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from geo4d.errors import InputError
@@ -74,10 +76,6 @@ def _allowed(cls: type[BaseModel], path: tuple) -> list[str]:
 
 def jsonable(x: Any) -> Any:
     """``x`` with numpy scalars/arrays, tuples and specs turned into plain JSON types (NaN/inf → None)."""
-    import math
-
-    import numpy as np
-
     if isinstance(x, Spec):
         return x.fingerprint_dict()
     if isinstance(x, Mapping):

@@ -119,23 +119,14 @@ def _geo4d(spec: Geo4DPredictorSpec) -> WindowPredictor:
     from geo4d_model.predictor import Geo4DPredictor
 
     device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    autocast = spec.autocast if spec.autocast in ("auto", "off") else getattr(torch, spec.autocast)
     return Geo4DPredictor.from_official(
         spec.config, spec.checkpoint, spec.pointmap_vae, device=device, dtype=spec.dtype,
         clip_context_cache=spec.clip_context_cache, image_size=spec.image_size or DEFAULT_IMAGE_SIZE, fs=spec.fs,
         seed=spec.seed,
         sampler=spec.sampler, window_batch=spec.window_batch, vae_batch=spec.vae_batch,
-        autocast=_AUTOCAST[spec.autocast](), compile=spec.compile, fast=spec.fast, sky_eps=spec.sky_eps,
+        autocast=autocast, compile=spec.compile, fast=spec.fast, sky_eps=spec.sky_eps,
     )
-
-
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, name)
-
-
-_AUTOCAST = {"auto": lambda: "auto", "off": lambda: "off",
-             "bfloat16": lambda: _torch_dtype("bfloat16"), "float16": lambda: _torch_dtype("float16")}
 
 
 def predictor_image_size(spec: PredictorSpec | Mapping[str, Any] | None) -> tuple[int, int] | None:

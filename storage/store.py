@@ -42,9 +42,9 @@ STORE_VERSION = 1
 #: Pipeline stages in order; a stage's record is written only after all its arrays are complete.
 STAGES = ("decode", "windows", "fuse", "evaluate")
 #: Names of the fused arrays (``fused/<name>``) and their per-frame trailing shapes.
-FUSED_ARRAYS = ("depth", "confidence", "intrinsics", "cam_to_world", "points")
 #: The store's name of :attr:`geo4d.geometry.Geometry.world_from_cam` (kept for format compatibility).
 _POSE_KEY = "cam_to_world"
+FUSED_ARRAYS = ("depth", "confidence", "intrinsics", _POSE_KEY, "points")
 _COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 _VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 

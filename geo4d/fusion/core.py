@@ -497,9 +497,7 @@ def _window_depth_candidates(windows: Mapping[str, Any], g: int, s: _Samples, pa
 
 def _disparity_candidate(dk: np.ndarray, cw: np.ndarray, fit: dict, wq_pair: float, ctx: _Setup) -> tuple:
     """``(log depth, weight, None)`` of one frame's disparity: ``depth = a / (disp − b)`` where valid."""
-    dok = (dk != 0) & (cw > 0)
-    if ctx.cfg.disparity_min is not None:
-        dok &= dk > ctx.cfg.disparity_min
+    dok = _valid_disparity(dk, ctx.cfg) & (cw > 0)
     inv = (dk - fit["b"]) / fit["a"]
     dok &= inv > 0
     ldd = -np.log(np.where(dok, inv, 1.0))

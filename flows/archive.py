@@ -1,7 +1,12 @@
-"""Archive runs: many videos through the per-video stages, concurrently on Dask."""
+"""Archive runs: many videos through decode → sample-windows → fuse → evaluate, on a Dask cluster.
+
+``reconstruct_archive`` is what ``geo4d archive`` and the ``nightly-archive`` deployment both call: its
+cluster settings are parameters, it builds the task runner from them and runs ``archive-videos`` on it.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict
 
 from prefect import flow
@@ -13,7 +18,10 @@ from pipeline.predictors import PredictorSpec, parse_predictor_spec
 from storage.manifest import write_manifest
 from storage.sources import resolve_sources
 from storage.store import Store
-from tasks.archive import reconstruct_one_task
+from tasks.archive import decode_video_task, evaluate_video_task, fuse_video_task, sample_windows_task
+from tasks.cluster import archive_task_runner, sampling_placement
+
+_TABLE_KEYS = ("video_id", "source", "status", "failed_stage", "error", "windows_predicted")
 
 
 @flow(name="reconstruct-archive", log_prints=True)
@@ -25,40 +33,87 @@ def reconstruct_archive(
     evaluate: bool = True,
     storage_options: dict | None = None,
     max_gpu_tasks: int | None = None,
+    dask_address: str | None = None,
+    workers: int = 2,
+    gpus: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Reconstruct every video of ``sources`` into ``store``; finished stages are skipped on reruns.
 
-    Each video is one task on the flow's task runner (a Dask cluster from the CLI); a video that
-    fails permanently is recorded with its reason and the others go on. Writes
-    ``STORE/manifest.parquet`` and a table artifact of per-video results. ``max_gpu_tasks`` bounds how
-    many videos sample windows at once (the GPU stage); the CPU stages overlap with it.
+    Cluster: ``dask_address`` (an existing scheduler; its workers' ``GPU`` resources place the
+    sampling), else ``gpus`` local GPU worker processes plus ``workers`` CPU workers, else
+    ``workers`` local in-process workers (0: no Dask, Prefect's thread pool). ``max_gpu_tasks``
+    bounds how many videos sample at once where no worker declares GPUs. ``overwrite`` recomputes
+    stages finished with other settings (otherwise such a video fails with the differing setting).
+    """
+    runner = archive_task_runner(dask_address=dask_address, workers=workers, gpus=gpus)
+    videos = archive_videos if runner is None else archive_videos.with_options(task_runner=runner)
+    return videos(sources, store, predictor=predictor, fusion=fusion, evaluate=evaluate,
+                  storage_options=storage_options, max_gpu_tasks=max_gpu_tasks, overwrite=overwrite)
+
+
+@flow(name="archive-videos", log_prints=True)
+def archive_videos(
+    sources: list[str],
+    store: str,
+    predictor: PredictorSpec | None = None,
+    fusion: FusionConfig | None = None,
+    evaluate: bool = True,
+    storage_options: dict | None = None,
+    max_gpu_tasks: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Per video: decode → sample-windows (GPU placement) → fuse → evaluate, each its own task.
+
+    A video that fails permanently is recorded with its reason and the others go on. Writes
+    ``STORE/manifest.parquet`` and a table artifact of per-video results.
     """
     predictor = parse_predictor_spec(predictor)
     entries = resolve_sources(sources)
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
-    futures = [reconstruct_one_task.submit(asdict(e), store, predictor, fusion, evaluate, storage_options,
-                                           max_gpu_tasks) for e in entries]
-    results = []
-    progress_id = create_progress_artifact(progress=0.0, key="archive-progress",
-                                           description=f"videos done of {len(futures)}")
-    windows_sampled = 0
-    for k, fut in enumerate(as_completed(futures), 1):
-        res = fut.result()
-        results.append(res)
-        windows_sampled += int(res.get("windows_predicted") or 0)
-        update_progress_artifact(progress_id, progress=100.0 * k / len(futures),
-                                 description=f"{k}/{len(futures)} videos done, {windows_sampled} windows sampled")
-        state = "ok" if res["status"] == "complete" else f"FAILED at {res['failed_stage']}: {res['error']}"
-        print(f"[{k}/{len(futures)}] {res['video_id']} ({res['source']}): {state}")
+    placement = sampling_placement(max_gpu_tasks)
+    print(f"{len(entries)} video(s), {placement.describe()}")
+    finals = []
+    for e in entries:
+        decoded = decode_video_task.submit(asdict(e), store, predictor, storage_options, overwrite)
+        with placement.annotate():
+            sampled = sample_windows_task.submit(decoded, store, predictor, storage_options, placement.bound,
+                                                 overwrite)
+        last = fuse_video_task.submit(sampled, store, fusion, storage_options, overwrite)
+        if evaluate:
+            last = evaluate_video_task.submit(last, store, storage_options, overwrite)
+        finals.append(last)
+    results = _collect(finals)
     order = {e.path: i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order.get(r["source"], 0))
     manifest = write_manifest(Store(store, storage_options=storage_options), storage_options)
-    create_table_artifact(
-        key="archive-results",
-        table=[{k: r[k] for k in ("video_id", "source", "status", "failed_stage", "error", "windows_predicted")}
-               for r in results],
-        description=f"geo4d archive run into {store}",
-    )
+    create_table_artifact(key="archive-results", table=[{k: r[k] for k in _TABLE_KEYS} for r in results],
+                          description=f"geo4d archive run into {store}")
+    return _run_summary(results, manifest)
+
+
+def _collect(futures) -> list[dict]:
+    """Wait for every video's last task, printing ``[k/N] id (source): ok`` as each finishes."""
+    results = []
+    progress_id = create_progress_artifact(progress=0.0, key="archive-progress",
+                                           description=f"videos done of {len(futures)}")
+    windows = 0
+    for k, fut in enumerate(as_completed(futures), 1):
+        res = fut.result()
+        results.append(res)
+        windows += res["windows_predicted"]
+        update_progress_artifact(progress_id, progress=100.0 * k / len(futures),
+                                 description=f"{k}/{len(futures)} videos done, {windows} windows sampled")
+        state = "ok" if res["status"] == "complete" else f"FAILED at {res['failed_stage']}: {res['error']}"
+        print(f"[{k}/{len(futures)}] {res['video_id']} ({res['source']}): {state}")
+    return results
+
+
+def _run_summary(results: list[dict], manifest: str) -> dict:
+    """The run's summary: per-video results, totals, and network loads per worker process."""
     failed = [r for r in results if r["status"] != "complete"]
+    loads = Counter(r["workers"]["windows"]["process"] for r in results if r.get("network_load"))
     return {"videos": results, "complete": len(results) - len(failed), "failed": len(failed), "manifest": manifest,
-            "windows_sampled": windows_sampled}
+            "windows_sampled": sum(r["windows_predicted"] for r in results),
+            "network_loads": sum(loads.values()), "network_loads_by_process": dict(loads),
+            "network_load_seconds": sum(r["network_load"]["seconds"] for r in results if r.get("network_load"))}

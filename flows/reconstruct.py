@@ -1,4 +1,4 @@
-"""Per-video reconstruction: decode → windows → predict → fuse → evaluate."""
+"""Per-video reconstruction: decode → sample-windows → fuse → evaluate."""
 
 from __future__ import annotations
 
@@ -23,21 +23,24 @@ def reconstruct_video(
     evaluate: bool = True,
     ground_truth: str | None = None,
     storage_options: dict | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Reconstruct one video into ``store``; finished stages are skipped on a rerun.
 
     ``predictor`` is a spec (:mod:`pipeline.predictors`; a mapping is validated into one); the
     default is the synthetic test instrument, which needs the video's ``.gt`` ground truth.
-    ``fusion`` is a :class:`geo4d.fusion.FusionConfig` (default: its defaults).
+    ``fusion`` is a :class:`geo4d.fusion.FusionConfig` (default: its defaults). A stage finished with
+    other settings stops the run with the differing setting unless ``overwrite``.
     """
     predictor = parse_predictor_spec(predictor)
     decoded = decode_task(video, store, video_id=video_id, size=predictor_image_size(predictor),
-                          frame_stride=frame_stride, storage_options=storage_options)
+                          frame_stride=frame_stride, storage_options=storage_options, overwrite=overwrite)
     vid = decoded["video_id"]
     windows = windows_task(store, vid, predictor, window_size=window_size, stride=window_stride,
-                           storage_options=storage_options)
-    fused = fuse_task(store, vid, fusion=fusion, storage_options=storage_options)
+                           storage_options=storage_options, overwrite=overwrite)
+    fused = fuse_task(store, vid, fusion=fusion, storage_options=storage_options, overwrite=overwrite)
     result = {"video_id": vid, "decode": decoded, "windows": windows, "fuse": fused}
     if evaluate:
-        result["evaluate"] = evaluate_task(store, vid, ground_truth=ground_truth, storage_options=storage_options)
+        result["evaluate"] = evaluate_task(store, vid, ground_truth=ground_truth, storage_options=storage_options,
+                                           overwrite=overwrite)
     return result

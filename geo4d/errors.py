@@ -15,3 +15,10 @@ class StoreError(Geo4DError):
 
 class PredictionError(Geo4DError):
     """Predictions are invalid (e.g. NaN/inf), naming the array and window."""
+
+
+class SettingsChangedError(InputError):
+    """A rerun asks for other settings than a finished stage was made with; nothing was changed.
+
+    The message names the differing parameter and both values; ``--overwrite`` recomputes.
+    """

@@ -13,7 +13,7 @@ from geo4d.errors import Geo4DError
 COMMAND_MODULES = (
     "geo4d_cli.synth",        # synth
     "geo4d_cli.reconstruct",  # reconstruct, fuse, demo
-    "geo4d_cli.model",        # check-fixture
+    "geo4d_cli.model",        # check-fixture, context
     "geo4d_cli.metrics",      # metrics poses|depth, evaluate
     "geo4d_cli.archive",      # archive, status
     "geo4d_cli.export",       # export

@@ -13,34 +13,34 @@ def cmd_archive(args: argparse.Namespace) -> int:
     from storage.sources import resolve_sources
     from storage.store import Store
 
-    entries = resolve_sources(args.sources)  # one-line error before any work
+    entries = resolve_sources(args.sources)  # one-line errors before any work
     Store(args.store)
     spec = predictor_spec(args)
     fusion = fusion_option(args.fusion)
     if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
-    if args.workers < 1:
-        raise InputError(f"--workers {args.workers}: must be >= 1")
+    for opt, value, least in (("--workers", args.workers, 0), ("--gpus", args.gpus, 0), ("--max-gpu-tasks", args.max_gpu_tasks, 1)):
+        if value is not None and value < least:
+            raise InputError(f"{opt} {value}: must be >= {least}")
+    if args.dask_address and args.gpus:
+        raise InputError("--gpus starts local GPU workers; with --dask-address the cluster's workers declare "
+                         "their GPUs (dask worker … --resources GPU=1)")
     _prefect_env()
-    from prefect_dask import DaskTaskRunner
-
     from flows.archive import reconstruct_archive
 
-    if args.dask_address:
-        runner = DaskTaskRunner(address=args.dask_address)
-    else:
-        # Threads in one process: the workers share this process's Prefect API (worker processes would
-        # each start a temporary Prefect server — docs/orchestration.md); NumPy/torch release the GIL.
-        runner = DaskTaskRunner(cluster_kwargs={"n_workers": args.workers, "threads_per_worker": 1, "processes": False,
-                                                "dashboard_address": None})
-    print(f"{len(entries)} video(s) → {args.store} on {args.dask_address or f'{args.workers} local Dask worker(s)'}")
+    where = args.dask_address or (f"{args.gpus} local GPU worker(s) + {args.workers} CPU worker(s)" if args.gpus
+                                  else f"{args.workers} local Dask worker(s)")
+    print(f"{len(entries)} video(s) → {args.store} on {where}")
     t0 = time.perf_counter()
-    result = reconstruct_archive.with_options(task_runner=runner)(
-        list(args.sources), args.store, predictor=spec, fusion=fusion,
-        evaluate=not args.no_evaluate, max_gpu_tasks=args.max_gpu_tasks,
+    result = reconstruct_archive(
+        list(args.sources), args.store, predictor=spec, fusion=fusion, evaluate=not args.no_evaluate,
+        max_gpu_tasks=args.max_gpu_tasks, dask_address=args.dask_address, workers=args.workers, gpus=args.gpus,
+        overwrite=args.overwrite,
     )
     dt = time.perf_counter() - t0
-    print(f"\n{result['complete']} complete, {result['failed']} failed in {dt:.1f} s; manifest: {result['manifest']}")
+    print(f"\n{result['complete']} complete, {result['failed']} failed in {dt:.1f} s; "
+          f"{result['windows_sampled']} windows sampled, network loaded {result['network_loads']}×; "
+          f"manifest: {result['manifest']}")
     for r in result["videos"]:
         if r["status"] != "complete":
             print(f"  FAILED {r['video_id']} ({r['source']}) at {r['failed_stage']}: {r['error']}")
@@ -86,12 +86,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("archive", help="reconstruct many videos into one store, concurrently on Dask, resumably")
     p.add_argument("sources", nargs="+", help="video files, directories, globs, or a Parquet/CSV manifest (path, video_id)")
     p.add_argument("--store", required=True)
-    p.add_argument("--workers", type=int, default=2, help="local Dask workers (default 2)")
-    p.add_argument("--dask-address", help="an existing Dask scheduler, tcp://HOST:PORT")
+    p.add_argument("--workers", type=int, default=2,
+                   help="local CPU Dask workers (default 2; 0 = no Dask, one process)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="start N local GPU worker processes (one device each, CUDA_VISIBLE_DEVICES) that run the "
+                        "window sampling, beside the CPU workers (default 0)")
+    p.add_argument("--dask-address", help="an existing Dask scheduler, tcp://HOST:PORT; workers started with "
+                   "--resources GPU=1 get the window sampling")
     p.add_argument("--max-gpu-tasks", type=int, default=None,
-                   help="at most K videos in the GPU (window sampling) stage at once; default: no bound")
+                   help="where no worker declares GPUs: at most K videos sampling windows at once (default: no bound)")
     p.add_argument("--fusion", help="fusion options as JSON")
-    p.add_argument("--no-evaluate", action="store_true")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation stage")
+    p.add_argument("--overwrite", action="store_true",
+                   help="recompute stages finished with other settings (default: such videos stop and say what differs)")
     add_predictor_args(p)
     p.set_defaults(func=cmd_archive)
 

@@ -1,4 +1,5 @@
-"""``geo4d check-fixture``: run the network on a parity fixture and compare with the official outputs."""
+"""``geo4d check-fixture``: run the network on a parity fixture and compare with the official outputs.
+``geo4d context``: compute a checkpoint's constant cross-attention context once, for checkpoints without CLIP."""
 
 from __future__ import annotations
 
@@ -26,6 +27,45 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rtol", type=float, default=1e-4, help="tolerance relative to max|official| (default 1e-4)")
     p.add_argument("--stage", action="append", default=None, help="run only this stage (repeatable)")
     p.set_defaults(func=cmd_check_fixture)
+    _register_context(sub)
+
+
+def _register_context(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "context",
+        help="compute a checkpoint's constant cross-attention context into a file (for checkpoints without CLIP)",
+        description="Load MODEL_CKPT (its CLIP towers included; no point-map VAE needed), compute the constant "
+                    "cross-attention context [text(fixed prompt); resampler(CLIP(zero image))] of shape (1, L, C) "
+                    "in float32 on the CPU, and write it to FILE.safetensors (tensor 'context', the "
+                    "checkpoint's fingerprint in the metadata). Pass that file as --context to geo4d "
+                    "reconstruct/archive to run a copy of the checkpoint that lacks the CLIP weights.",
+    )
+    p.add_argument("--config", required=True, metavar="CONFIG",
+                   help="official-schema yaml (inference_geo4d.yaml or a fixture's config.yaml)")
+    p.add_argument("--checkpoint", required=True, metavar="MODEL_CKPT",
+                   help="model.ckpt holding the CLIP weights (cond_stage_model.*, embedder.*)")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="the context file to write (parent directories are created; an existing file is replaced)")
+    p.set_defaults(func=cmd_context)
+
+
+def cmd_context(args: argparse.Namespace) -> int:
+    from geo4d_model.context import compute_context, has_clip_weights, write_context_file
+    from geo4d_model.loader import load_official
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"--out {out}: expected a .safetensors path")
+    if out.is_dir():
+        raise InputError(f"--out {out}: is a directory")
+    loaded = load_official(args.config, args.checkpoint)
+    if not has_clip_weights(loaded.clip_state_dict):
+        raise InputError(f"{args.checkpoint}: has no CLIP weights (cond_stage_model.model.*, embedder.model.visual.*): "
+                         "geo4d context needs a checkpoint that holds both CLIP towers")
+    ctx = compute_context(loaded)
+    write_context_file(out, ctx, loaded.fingerprint)
+    print(f"context {tuple(ctx.shape)} of {args.checkpoint} → {out}")
+    return 0
 
 
 def cmd_check_fixture(args: argparse.Namespace) -> int:

@@ -15,6 +15,10 @@ SYNTHETIC_NOTICE = (
 )
 
 
+_OVERWRITE_HELP = ("recompute stages finished with other settings (default: stop with one line naming the "
+                   "differing setting; nothing is deleted)")
+
+
 def _prefect_env() -> None:
     """Local Prefect for command-line runs; a user's PREFECT_API_URL (a real server) is respected.
 
@@ -40,8 +44,14 @@ def add_predictor_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="network dtype")
     g.add_argument("--image-size", help="network: frame size HxW (default 320x512; Geo4D supports 320x512, 384x512, "
                    "256x576, 192x640)")
-    g.add_argument("--fs", type=int, help="network: frame-rate condition (default 24, as the evaluation script)")
+    g.add_argument("--fs", type=int, help="network: frame-rate condition (default: the official demo's "
+                   "int(video fps / frame stride), 24 when the fps is unknown)")
+    g.add_argument("--autocast", choices=["auto", "off", "bfloat16", "float16"], default=None,
+                   help="network: autocast (default auto = bfloat16 on CUDA; --dtype float32 --autocast off is the "
+                        "parity mode, docs/model.md)")
     g.add_argument("--clip-cache", help="network: directory caching the constant CLIP context (default ~/.cache/geo4d)")
+    g.add_argument("--context", help="network: constant context file (.safetensors) for a checkpoint without CLIP "
+                   "weights (`geo4d context` writes one)")
     g.add_argument("--ground-truth", help="synthetic predictor / evaluation: ground-truth directory")
     g.add_argument("--noise-depth", type=float, default=0.0, help="synthetic: smooth relative depth noise")
     g.add_argument("--noise-pose-deg", type=float, default=0.0, help="synthetic: pose jitter in degrees")
@@ -94,8 +104,11 @@ def _predictor_mapping(args: argparse.Namespace) -> dict:
             spec["image_size"] = [h, w]
         if getattr(args, "fs", None):
             spec["fs"] = args.fs
-        if getattr(args, "clip_cache", None):
-            spec["clip_context_cache"] = args.clip_cache
+        for opt, key in (("clip_cache", "clip_context_cache"), ("autocast", "autocast"), ("context", "context")):
+            if getattr(args, opt, None):
+                spec[key] = getattr(args, opt)
+        if spec.get("context") and not Path(spec["context"]).is_file():
+            raise InputError(f"--context {spec['context']}: no such file")
         return spec
     noise = {}
     if args.noise_depth:
@@ -128,7 +141,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     result = reconstruct_video(
         str(video), args.store, predictor=spec, video_id=args.video_id, frame_stride=args.frame_stride,
-        fusion=fusion, evaluate=not args.no_evaluate, ground_truth=args.ground_truth,
+        fusion=fusion, evaluate=not args.no_evaluate, ground_truth=args.ground_truth, overwrite=args.overwrite,
     )
     print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
     _print_stages(result)
@@ -158,7 +171,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         print(f"  fuse {done}/{total} {message}", flush=True)
 
     t0 = time.perf_counter()
-    res = fuse_stage(store, args.video, fusion=fusion, require_upstream=False, progress=progress)
+    res = fuse_stage(store, args.video, fusion=fusion, require_upstream=False, progress=progress,
+                     overwrite=args.overwrite)
     print(f"fused {args.video}: {'already complete' if res.skipped else f'{time.perf_counter() - t0:.2f} s'}"
           f" → {args.store}/videos/{args.video}/fused")
     return 0
@@ -178,6 +192,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frame-stride", type=int, default=1, help="keep every N-th frame")
     p.add_argument("--fusion", help="fusion options as JSON (see docs/fusion.md)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation stage")
+    p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     add_predictor_args(p)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -185,6 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--video", required=True, help="video id in the store")
     p.add_argument("--fusion", help="fusion options as JSON (see docs/fusion.md)")
+    p.add_argument("--overwrite", action="store_true", help="replace a fusion finished with other options")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("demo", help="synthesise a scene, reconstruct it with the synthetic predictor, write a report")

@@ -41,6 +41,8 @@ __all__ = ["SYNTHETIC_LABEL", "method_label", "benchmark_sequences", "benchmark_
            "benchmark_sequence", "benchmark_summary"]
 
 SYNTHETIC_LABEL = "synthetic predictor (test instrument)"
+#: The frame-rate condition of the official evaluation script, for every dataset (FACTS_eval_detail.md).
+EVALUATION_FS = 24
 #: Datasets whose protocol evaluates camera poses.
 POSE_DATASETS = ("sintel", "bonn", "tum")
 
@@ -133,13 +135,16 @@ def sequence_predictor(predictor: PredictorSpec, seq: BenchmarkSequence, store_l
     """The predictor spec for one sequence: the synthetic instrument gets the sequence's ground truth
     at the input size (written under :func:`storage.results.benchmark_workdir`) unless the spec names
     one; the network runs at the input ``size = (W, H)`` (default the protocol's) unless the spec
-    sets its own ``image_size``."""
+    sets its own ``image_size``, and at the evaluation script's ``fs`` = 24 unless the spec sets one."""
     if isinstance(predictor, SyntheticPredictorSpec) and not predictor.ground_truth:
         gt_dir = benchmark_workdir(store_location, seq.dataset) / f"{benchmark_video_id(seq.dataset, seq.name)}.gt"
         return predictor.model_copy(update={"ground_truth": str(synthetic_ground_truth(seq, gt_dir, size=size))})
-    if isinstance(predictor, Geo4DPredictorSpec) and predictor.image_size is None:
-        W, H = size or seq.eval_size
-        return predictor.model_copy(update={"image_size": (H, W)})
+    if isinstance(predictor, Geo4DPredictorSpec):
+        update = {} if predictor.fs is not None else {"fs": EVALUATION_FS}
+        if predictor.image_size is None:
+            W, H = size or seq.eval_size
+            update["image_size"] = (H, W)
+        return predictor.model_copy(update=update)
     return predictor
 
 

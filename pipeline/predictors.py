@@ -31,7 +31,8 @@ from geo4d.synthetic_predictor import SyntheticNoise
 from geo4d_model.settings import SamplerSettings
 
 __all__ = ["SyntheticPredictorSpec", "Geo4DPredictorSpec", "PredictorSpec", "parse_predictor_spec",
-           "predictor_from_spec", "predictor_image_size", "spec_fingerprint"]
+           "predictor_from_spec", "predictor_image_size", "spec_fingerprint", "prediction_parameters",
+           "frame_rate_condition", "resolved_device", "DEFAULT_FS"]
 
 #: The network's default frame size (H, W).
 DEFAULT_IMAGE_SIZE = (320, 512)
@@ -56,7 +57,8 @@ class Geo4DPredictorSpec(Spec):
     device: str | None = Field(None, description="torch device (None: cuda when available, else cpu)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     image_size: tuple[int, int] | None = Field(None, description="(H, W) the frames are run at (None: 320×512)")
-    fs: int = Field(24, ge=1, description="frame-rate condition")
+    fs: int | None = Field(None, ge=1, description="frame-rate condition (None: the official demo's rule, "
+                           "int(video fps / frame stride); 24 when the fps is unknown)")
     seed: int = Field(123, description="base of the per-window noise seeds")
     sampler: SamplerSettings = SamplerSettings()
     window_batch: int = Field(4, ge=1, description="windows per U-Net call on the fast path")
@@ -66,14 +68,21 @@ class Geo4DPredictorSpec(Spec):
     fast: bool = True
     sky_eps: float = Field(0.35, ge=0.0, description="sky-mask half-width of the post-processing")
     clip_context_cache: str | None = Field(None, description="directory caching the constant CLIP context")
+    context: str | None = Field(None, description="constant context file (.safetensors, key 'context', (1, L, C)) "
+                                "for checkpoints without CLIP weights (`geo4d context` writes one)")
 
 
 #: Either spec, told apart by ``kind`` (what flows declare as their parameter type).
 PredictorSpec = Annotated[SyntheticPredictorSpec | Geo4DPredictorSpec, Field(discriminator="kind")]
 _KINDS: dict[str, type[Spec]] = {"synthetic": SyntheticPredictorSpec, "geo4d": Geo4DPredictorSpec}
 #: Spec fields that locate files or caches: they do not change predictions (file contents enter
-#: the fingerprint through the predictor's own parameters, e.g. the checkpoint fingerprint).
-_LOCATIONS = ("config", "checkpoint", "pointmap_vae", "clip_context_cache", "ground_truth")
+#: the fingerprint through fingerprints of the files, e.g. the checkpoint's).
+_LOCATIONS = ("config", "checkpoint", "pointmap_vae", "clip_context_cache", "ground_truth", "context")
+#: Spec fields that choose where and in what batches the same computation runs: they change only
+#: floating-point rounding, so a video started on one GPU may be resumed on another.
+_EXECUTION = ("device", "window_batch", "vae_batch")
+#: The frame-rate condition when a video's fps is unknown (the official config's ``default_fs``).
+DEFAULT_FS = 24
 
 
 def parse_predictor_spec(spec: PredictorSpec | Mapping[str, Any] | None) -> PredictorSpec:
@@ -88,8 +97,50 @@ def parse_predictor_spec(spec: PredictorSpec | Mapping[str, Any] | None) -> Pred
 
 
 def spec_fingerprint(spec: PredictorSpec) -> dict[str, Any]:
-    """The full validated spec without its file locations (what enters the windows fingerprint)."""
-    return {k: v for k, v in spec.fingerprint_dict().items() if k not in _LOCATIONS}
+    """The validated spec without file locations and execution choices (part of the windows fingerprint)."""
+    return {k: v for k, v in spec.fingerprint_dict().items() if k not in _LOCATIONS + _EXECUTION}
+
+
+def frame_rate_condition(spec: Geo4DPredictorSpec, fps: float) -> int:
+    """The ``fs`` a video is conditioned on: the spec's, else the official demo's ``int(fps / stride)``
+    (``fps`` here is the decoded fps, already divided by the frame stride), else :data:`DEFAULT_FS`.
+
+    Example:
+        >>> spec = Geo4DPredictorSpec(config="c.yaml", checkpoint="m.ckpt", pointmap_vae="v.ckpt")
+        >>> frame_rate_condition(spec, 29.97), frame_rate_condition(spec, 0.0)
+        (29, 24)
+        >>> frame_rate_condition(spec.model_copy(update={"fs": 10}), 29.97)
+        10
+    """
+    if spec.fs is not None:
+        return int(spec.fs)
+    return int(fps) if fps and fps > 0 else DEFAULT_FS
+
+
+def resolved_device(spec: Geo4DPredictorSpec) -> str:
+    """The spec's device, else ``cuda`` when available, else ``cpu``."""
+    import torch
+
+    return spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prediction_parameters(spec: PredictorSpec, *, fps: float = 0.0, device: str | None = None) -> dict[str, Any]:
+    """Everything that changes a geo4d spec's predictions, without loading the network: the spec
+    (:func:`spec_fingerprint`), the resolved ``fs`` and autocast, and fingerprints of the checkpoint,
+    the point-map VAE and the context file. The synthetic instrument's are its spec's."""
+    if isinstance(spec, SyntheticPredictorSpec):
+        return spec_fingerprint(spec)
+    from geo4d_model.loader import file_fingerprint
+
+    device = device or resolved_device(spec)
+    autocast = spec.autocast
+    if autocast == "auto":
+        autocast = "bfloat16" if device.startswith("cuda") else "off"
+    files = {"checkpoint_fingerprint": file_fingerprint(spec.checkpoint),
+             "pointmap_vae_fingerprint": file_fingerprint(spec.pointmap_vae),
+             "context_fingerprint": file_fingerprint(spec.context) if spec.context else None}
+    return {**spec_fingerprint(spec), "fs": frame_rate_condition(spec, fps), "autocast": autocast,
+            "image_size": list(spec.image_size or DEFAULT_IMAGE_SIZE), "video_latents": "posterior mean", **files}
 
 
 def predictor_from_spec(spec: PredictorSpec | Mapping[str, Any], video_path: str | None = None) -> WindowPredictor:
@@ -118,12 +169,17 @@ def _geo4d(spec: Geo4DPredictorSpec) -> WindowPredictor:
 
     from geo4d_model.predictor import Geo4DPredictor
 
-    device = spec.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolved_device(spec)
     autocast = spec.autocast if spec.autocast in ("auto", "off") else getattr(torch, spec.autocast)
+    context = None
+    if spec.context:
+        from geo4d_model.context import read_context_file
+
+        context = read_context_file(spec.context)
     return Geo4DPredictor.from_official(
         spec.config, spec.checkpoint, spec.pointmap_vae, device=device, dtype=spec.dtype,
-        clip_context_cache=spec.clip_context_cache, image_size=spec.image_size or DEFAULT_IMAGE_SIZE, fs=spec.fs,
-        seed=spec.seed,
+        clip_context_cache=spec.clip_context_cache, context=context,
+        image_size=spec.image_size or DEFAULT_IMAGE_SIZE, fs=spec.fs or DEFAULT_FS, seed=spec.seed,
         sampler=spec.sampler, window_batch=spec.window_batch, vae_batch=spec.vae_batch,
         autocast=autocast, compile=spec.compile, fast=spec.fast, sky_eps=spec.sky_eps,
     )

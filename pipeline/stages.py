@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,17 @@ from typing import Any
 import numpy as np
 
 from geo4d import validation
-from geo4d.errors import InputError, PredictionError
+from geo4d.errors import InputError, PredictionError, SettingsChangedError
 from geo4d.fusion import FusionConfig, fuse
 from geo4d.predictor import WindowPredictor
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, VideoTooShortError, window_starts
-from pipeline.predictors import PredictorSpec, parse_predictor_spec, predictor_from_spec, spec_fingerprint
+from geo4d.spec import jsonable
+from pipeline.predictors import (Geo4DPredictorSpec, PredictorSpec, frame_rate_condition, parse_predictor_spec,
+                                 prediction_parameters, predictor_from_spec)
+from pipeline.resident import device_slot, resident_predictor
 from storage.store import STAGES, Store, VideoInfo, stage_fingerprint, video_id_for
 
-__all__ = ["StageResult", "decode_stage", "windows_stage", "fuse_stage", "evaluate_stage", "Progress"]
+__all__ = ["StageResult", "decode_stage", "windows_stage", "fuse_stage", "evaluate_stage", "check_settings", "Progress"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -42,6 +46,35 @@ class StageResult:
 
 def _downstream(stage: str) -> list[str]:
     return list(STAGES[STAGES.index(stage) + 1 :])
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first parameter (dotted path) whose value differs between two parameter documents."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if old == new else (path or "parameters", old, new)
+
+
+def check_settings(store: Store, video_id: str, stage: str, parameters: dict, fingerprint: str,
+                   overwrite: bool = False) -> None:
+    """Refuse to replace a finished stage made with other settings, unless ``overwrite``.
+
+    Raises:
+        SettingsChangedError: naming the first differing parameter and its two values.
+    """
+    rec = store.stage_record(video_id, stage) if store.has_video(video_id) else None
+    if overwrite or not rec or rec.get("status") != "complete" or rec.get("fingerprint") == fingerprint:
+        return
+    diff = _first_difference(rec.get("parameters") or {}, jsonable(parameters))
+    what = f"{diff[0]}={diff[1]!r}; this run asks {diff[2]!r}" if diff else "other settings"
+    raise SettingsChangedError(
+        f"video {video_id}: stage {stage!r} was finished with {what} — nothing changed; "
+        "rerun with --overwrite (overwrite=True) to recompute it and the stages after it"
+    )
 
 
 def _upstream_fp(store: Store, video_id: str, stage: str) -> str:
@@ -62,11 +95,13 @@ def decode_stage(
     min_frames: int = WINDOW_SIZE,
     run_id: str | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> StageResult:
     """Decode ``video_path`` (PyAV), resize to ``size`` (H, W) if given, store ``frames``.
 
     Validates the whole video before touching the store: a missing, unreadable, truncated or too
-    short video raises :class:`InputError` and leaves the store as it was.
+    short video raises :class:`InputError` and leaves the store as it was. A finished decode of
+    other settings (e.g. another size) is kept unless ``overwrite`` (:func:`check_settings`).
     """
     from geo4d.video import read_video
 
@@ -80,6 +115,7 @@ def decode_stage(
     if store.has_video(vid) and store.is_complete(vid, "decode", fp):
         info = store.video_info(vid)
         return StageResult(vid, "decode", True, fp, details={"n_frames": info.n_frames})
+    check_settings(store, vid, "decode", params, fp, overwrite)
     t0 = time.perf_counter()
     frames, meta = read_video(path, size=size, stride=frame_stride,
                               progress=(lambda k, n: progress(k, n, "decoding")) if progress else None)
@@ -112,41 +148,114 @@ def windows_stage(
     stride: int = WINDOW_STRIDE,
     run_id: str | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> StageResult:
-    """Predict every window not yet stored; each window's data is written, then its done marker."""
+    """Predict every window not yet stored; each window's data is written, then its done marker.
+
+    ``predictor`` is a predictor object or a spec. A geo4d spec's network is resident
+    (:mod:`pipeline.resident`): loaded once per process and device, and only when a window is
+    missing; ``details["network_load"]`` says when this call loaded it. Settings that differ from
+    a finished stage (or from windows already stored) stop the stage unless ``overwrite``.
+    """
     info = store.video_info(video_id)
     spec = None if isinstance(predictor, WindowPredictor) else parse_predictor_spec(predictor)
-    if spec is not None:
-        predictor = predictor_from_spec(spec, video_path=info.source)
     starts = window_starts(info.n_frames, window_size, stride)
-    params = {"predictor": predictor.parameters(), "window_size": window_size, "stride": stride,
-              "upstream": _upstream_fp(store, video_id, "decode")}
-    if spec is not None:
-        params["spec"] = spec_fingerprint(spec)
-    fp = stage_fingerprint(params)
-    if store.is_complete(video_id, "windows", fp):
-        return StageResult(video_id, "windows", True, fp, details={"windows": len(starts), "predicted": 0})
-    t0 = time.perf_counter()
-    store.clear_stages(video_id, ["windows"] + _downstream("windows"))
-    done = store.prepare_windows(video_id, starts, window_size, stride, predictor.name, fp)
-    todo = [g for g in range(len(starts)) if not done[g]]
-    frames = store.read_frames(video_id)
-    n = 0
+    with _sampling_device(spec) as device:
+        if spec is None:
+            identity = predictor.parameters()
+        else:
+            identity = prediction_parameters(spec, fps=info.fps, device=device)
+        params = {"predictor": identity, "window_size": window_size, "stride": stride,
+                  "upstream": _upstream_fp(store, video_id, "decode")}
+        fp = stage_fingerprint(params)
+        if store.is_complete(video_id, "windows", fp):
+            return StageResult(video_id, "windows", True, fp, details={"windows": len(starts), "predicted": 0})
+        check_settings(store, video_id, "windows", params, fp, overwrite)
+        _check_partial_windows(store, video_id, params, fp, overwrite)
+        t0 = time.perf_counter()
+        store.clear_stages(video_id, ["windows"] + _downstream("windows"))
+        done = store.prepare_windows(video_id, starts, window_size, stride, _predictor_name(predictor, spec), fp,
+                                     parameters=jsonable(params))
+        todo = [g for g in range(len(starts)) if not done[g]]
+        details: dict[str, Any] = {"windows": len(starts), "network_load": None}
+        if todo:
+            predictor, load = _obtain(predictor, spec, info, device)
+            details["network_load"] = load.__dict__ if load else None
+            if load and progress:
+                progress(0, len(starts), load.message)
+        summaries = _sample(store, video_id, predictor, starts, todo, window_size, progress)
+    details["predicted"] = len(summaries)
+    _summaries_of_stored(store, video_id, starts, summaries)
+    _checked(store, video_id, "windows", run_id,
+             lambda: validation.validate_window_summaries([r for g in sorted(summaries) for r in summaries[g]]))
+    dt = time.perf_counter() - t0
+    store.record_stage(video_id, "windows", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"windows": len(starts), "predicted": details["predicted"],
+                              "predictor": _predictor_name(predictor, spec)})
+    return StageResult(video_id, "windows", False, fp, dt, details)
+
+
+@contextmanager
+def _sampling_device(spec: PredictorSpec | None):
+    """A device slot for a geo4d spec (:func:`pipeline.resident.device_slot`); nothing otherwise."""
+    if isinstance(spec, Geo4DPredictorSpec):
+        with device_slot(spec) as device:
+            yield device
+    else:
+        yield None
+
+
+def _predictor_name(predictor, spec: PredictorSpec | None) -> str:
+    if spec is None:
+        return predictor.name
+    return "geo4d" if isinstance(spec, Geo4DPredictorSpec) else "synthetic (test instrument)"
+
+
+def _obtain(predictor, spec: PredictorSpec | None, info: VideoInfo, device: str | None):
+    """The predictor object to sample with, and the :class:`NetworkLoad` if one happened."""
+    if spec is None:
+        return predictor, None
+    if isinstance(spec, Geo4DPredictorSpec):
+        resident, load = resident_predictor(spec, device)
+        return resident.with_fs(frame_rate_condition(spec, info.fps)), load
+    return predictor_from_spec(spec, video_path=info.source), None
+
+
+def _check_partial_windows(store: Store, video_id: str, params: dict, fp: str, overwrite: bool) -> None:
+    """Windows stored by an interrupted run of other settings are kept unless ``overwrite``."""
+    old = store.windows_progress(video_id)
+    if overwrite or old is None or old["fingerprint"] == fp or not old["done"]:
+        return
+    if (old.get("parameters") or {}).get("upstream") != params["upstream"]:
+        return  # windows of an earlier decode of this video: invalid whatever the settings
+    diff = _first_difference(old.get("parameters") or {}, jsonable(params))
+    what = f"{diff[0]}={diff[1]!r}; this run asks {diff[2]!r}" if diff else "other settings"
+    raise SettingsChangedError(
+        f"video {video_id}: {old['done']} window(s) were sampled with {what} — nothing changed; "
+        "rerun with --overwrite (overwrite=True) to discard them"
+    )
+
+
+def _sample(store: Store, video_id: str, predictor: WindowPredictor, starts: list[int], todo: list[int],
+            window_size: int, progress: Progress | None) -> dict[int, list[dict]]:
+    """Predict the windows ``todo`` and store each; returns per-window summaries (by window index).
+
+    Out of accelerator memory: fewer windows per call, and only the missing windows are resumed.
+    """
     summaries: dict[int, list[dict]] = {}
     while todo:
         todo_starts = [starts[g] for g in todo]
         try:
-            for k, pred in predictor.predict_windows(frames, todo_starts, window_size):
+            for k, pred in predictor.predict_windows(store.read_frames(video_id), todo_starts, window_size):
                 g = todo[k]
                 _check_finite(pred, g, starts[g], window_size)
                 store.write_window(video_id, g, pred)
                 summaries[g] = validation.window_summary(pred.as_dict(), g, starts[g])
-                n += 1
                 if progress:
                     progress(len(starts) - len(todo) + len(summaries), len(starts),
                              f"window {g} (frames {starts[g]}–{starts[g] + window_size - 1})")
             todo = []
-        except Exception as exc:  # out of GPU memory: fewer windows per call, resume the missing ones
+        except Exception as exc:
             batch = getattr(predictor, "window_batch", None)
             if not _is_out_of_memory(exc) or not isinstance(batch, int) or batch <= 1:
                 raise
@@ -155,17 +264,16 @@ def windows_stage(
             if progress:
                 progress(len(summaries), len(starts), f"out of memory: retrying with {batch // 2} windows per call")
             todo = [g for g in todo if g not in summaries]
-    if len(summaries) < len(starts):  # windows stored by an earlier, interrupted run
+    return summaries
+
+
+def _summaries_of_stored(store: Store, video_id: str, starts: list[int], summaries: dict[int, list[dict]]) -> None:
+    """Add the summaries of windows stored by an earlier, interrupted run (validation needs all)."""
+    if len(summaries) < len(starts):
         arrays, _, _ = store.windows(video_id)
         for g in range(len(starts)):
             if g not in summaries:
                 summaries[g] = validation.window_summary({k: a[g] for k, a in arrays.items()}, g, starts[g])
-    _checked(store, video_id, "windows", run_id,
-             lambda: validation.validate_window_summaries([r for g in sorted(summaries) for r in summaries[g]]))
-    dt = time.perf_counter() - t0
-    store.record_stage(video_id, "windows", "complete", parameters=params, run_id=run_id, seconds=dt,
-                       extra={"windows": len(starts), "predicted": n, "predictor": predictor.name})
-    return StageResult(video_id, "windows", False, fp, dt, {"windows": len(starts), "predicted": n})
 
 
 def _is_out_of_memory(exc: BaseException) -> bool:
@@ -208,11 +316,13 @@ def fuse_stage(
     run_id: str | None = None,
     progress: Progress | None = None,
     require_upstream: bool = True,
+    overwrite: bool = False,
 ) -> StageResult:
     """Fuse the stored windows into per-frame geometry (``fused/``).
 
     With ``require_upstream=False`` (``geo4d fuse``), the windows need not carry this program's
-    stage records: any store following docs/store.md works.
+    stage records: any store following docs/store.md works. A finished fusion of other settings is
+    kept unless ``overwrite``.
     """
     info = store.video_info(video_id)
     arrays, starts, V = store.windows(video_id)
@@ -224,6 +334,7 @@ def fuse_stage(
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "fuse", fp):
         return StageResult(video_id, "fuse", True, fp)
+    check_settings(store, video_id, "fuse", params, fp, overwrite)
     t0 = time.perf_counter()
     store.clear_stages(video_id, ["fuse"] + _downstream("fuse"))
     result = fuse(arrays, starts, info.n_frames, config=config, progress=progress)
@@ -242,6 +353,7 @@ def evaluate_stage(
     *,
     ground_truth: str | None = None,
     run_id: str | None = None,
+    overwrite: bool = False,
 ) -> StageResult:
     """Compare fused geometry with ground truth (when there is any) and record the metrics.
 
@@ -257,6 +369,7 @@ def evaluate_stage(
     if store.is_complete(video_id, "evaluate", fp):
         rec = store.stage_record(video_id, "evaluate") or {}
         return StageResult(video_id, "evaluate", True, fp, details={"metrics": rec.get("metrics")})
+    check_settings(store, video_id, "evaluate", params, fp, overwrite)
     t0 = time.perf_counter()
     metrics: dict[str, float] | None = None
     if gt_dir is not None:

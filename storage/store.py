@@ -318,11 +318,14 @@ class Store:
 
     # ---- windows ---------------------------------------------------------------------------------
     def prepare_windows(
-        self, video_id: str, starts: list[int], window_size: int, stride: int, predictor: str, fingerprint: str
+        self, video_id: str, starts: list[int], window_size: int, stride: int, predictor: str, fingerprint: str,
+        parameters: Mapping[str, Any] | None = None,
     ) -> np.ndarray:
         """Create the windows arrays (or keep them when layout and fingerprint match).
 
-        Returns the per-window completion flags (G,) bool — True for windows already stored.
+        ``parameters`` (what the fingerprint was computed from) are kept in the group's attributes so a
+        later run of other settings can name what differs. Returns the per-window completion flags
+        (G,) bool — True for windows already stored.
         """
         info = self.video_info(video_id)
         grp = self._video_group(video_id)
@@ -359,9 +362,21 @@ class Store:
             )
         wg.create_array("done", shape=(G,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
         wg.attrs.update(
-            {"starts": starts, "window_size": window_size, "stride": stride, "predictor": predictor, "fingerprint": fingerprint}
+            {"starts": starts, "window_size": window_size, "stride": stride, "predictor": predictor,
+             "fingerprint": fingerprint, "parameters": dict(parameters or {})}
         )
         return np.zeros(G, dtype=bool)
+
+    def windows_progress(self, video_id: str) -> dict | None:
+        """What the windows group holds so far: ``{"fingerprint", "parameters", "done": windows stored}``,
+        or None without a windows group (or without per-window markers)."""
+        grp = self._video_group(video_id)
+        if "windows" not in grp or "done" not in grp["windows"]:
+            return None
+        wg = grp["windows"]
+        a = wg.attrs.asdict()
+        return {"fingerprint": a.get("fingerprint"), "parameters": a.get("parameters"),
+                "done": int(np.asarray(wg["done"][:]).sum())}
 
     def write_window(self, video_id: str, g: int, prediction: WindowPrediction) -> None:
         """Store window ``g``'s modalities, then mark it done (the marker is written last)."""

@@ -14,32 +14,33 @@ from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger, report
 
 @task(name="decode", **STAGE_TASK_OPTIONS)
 def decode_task(video: str, store: str, video_id: str | None = None, size: tuple[int, int] | None = None,
-                frame_stride: int = 1, storage_options: dict | None = None) -> dict:
+                frame_stride: int = 1, storage_options: dict | None = None, overwrite: bool = False) -> dict:
     res = stages.decode_stage(open_store(store, storage_options), video, video_id=video_id, size=size,
                               frame_stride=frame_stride, run_id=str(flow_run.id),
-                              progress=progress_logger(get_run_logger(), every=64))
+                              progress=progress_logger(get_run_logger(), every=64), overwrite=overwrite)
     return report_stage(res)
 
 
-@task(name="predict-windows", **STAGE_TASK_OPTIONS)
+@task(name="sample-windows", **STAGE_TASK_OPTIONS)
 def windows_task(store: str, video_id: str, predictor: PredictorSpec, window_size: int = WINDOW_SIZE,
-                 stride: int = WINDOW_STRIDE, storage_options: dict | None = None) -> dict:
+                 stride: int = WINDOW_STRIDE, storage_options: dict | None = None, overwrite: bool = False) -> dict:
     res = stages.windows_stage(open_store(store, storage_options), video_id, predictor, window_size=window_size,
-                               stride=stride, run_id=str(flow_run.id), progress=progress_logger(get_run_logger()))
+                               stride=stride, run_id=str(flow_run.id), progress=progress_logger(get_run_logger()),
+                               overwrite=overwrite)
     return report_stage(res)
 
 
 @task(name="fuse", **STAGE_TASK_OPTIONS)
 def fuse_task(store: str, video_id: str, fusion: FusionConfig | None = None,
-              storage_options: dict | None = None) -> dict:
+              storage_options: dict | None = None, overwrite: bool = False) -> dict:
     res = stages.fuse_stage(open_store(store, storage_options), video_id, fusion=fusion, run_id=str(flow_run.id),
-                            progress=progress_logger(get_run_logger(), every=5))
+                            progress=progress_logger(get_run_logger(), every=5), overwrite=overwrite)
     return report_stage(res)
 
 
 @task(name="evaluate", **STAGE_TASK_OPTIONS)
 def evaluate_task(store: str, video_id: str, ground_truth: str | None = None,
-                  storage_options: dict | None = None) -> dict:
+                  storage_options: dict | None = None, overwrite: bool = False) -> dict:
     res = stages.evaluate_stage(open_store(store, storage_options), video_id, ground_truth=ground_truth,
-                                run_id=str(flow_run.id))
+                                run_id=str(flow_run.id), overwrite=overwrite)
     return report_stage(res)

@@ -45,7 +45,7 @@ def test_predictor_spec_kinds_and_defaults():
     s = parse_predictor_spec(None)
     assert isinstance(s, SyntheticPredictorSpec) and s.noise.depth_noise == 0 and s.seed == 0
     g = parse_predictor_spec(GEO4D)
-    assert isinstance(g, Geo4DPredictorSpec) and predictor_image_size(g) == (320, 512) and g.fs == 24
+    assert isinstance(g, Geo4DPredictorSpec) and predictor_image_size(g) == (320, 512) and g.fs is None
     assert g.sampler == SamplerSettings() and g.sampler.steps == 5
     assert predictor_image_size(GEO4D | {"image_size": [384, 512]}) == (384, 512)
     assert predictor_image_size({"kind": "synthetic"}) is None
@@ -73,6 +73,9 @@ def test_fingerprint_is_the_full_spec_without_file_locations():
     for change in ({"sampler": {"steps": 10}}, {"dtype": "bfloat16"}, {"autocast": "off"}, {"compile": True},
                    {"seed": 1}, {"fs": 8}, {"image_size": [384, 512]}):
         assert spec_fingerprint(parse_predictor_spec(GEO4D | change)) != base, change
+    # Where and in what batches the same computation runs does not enter.
+    for same in ({"device": "cuda:1"}, {"window_batch": 1}, {"vae_batch": 4}, {"context": "/x/ctx.safetensors"}):
+        assert spec_fingerprint(parse_predictor_spec(GEO4D | same)) == base, same
 
 
 def _tiny_config(reference_dir) -> dict:

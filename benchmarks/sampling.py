@@ -148,14 +148,9 @@ def measure_load_memory() -> dict:
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         ckpt = Path(tmp) / "model.ckpt"
         code = (
-            "import torch,sys\n"
-            "from geo4d_model.loader import build_random\n"
-            "from geo4d_model.network import official_key_map\n"
-            "from geo4d_model.vae import to_official_shape\n"
+            "from geo4d_model.loader import build_random, save_official\n"
             f"net,_=build_random({config!r}, with_pointmap_vae=False)\n"
-            "sd=net.state_dict(); km=official_key_map(net)\n"
-            "out={k: sd[v].reshape(to_official_shape(k, tuple(sd[v].shape))) for k,v in km.items()}\n"
-            f"torch.save({{'state_dict': out}}, {str(ckpt)!r})\n"
+            f"save_official(net, {str(ckpt)!r})\n"
         )
         subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
         res = subprocess.run([sys.executable, __file__, "--load-memory-worker", str(ckpt)], check=True, cwd=ROOT,

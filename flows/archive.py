@@ -89,7 +89,7 @@ def archive_videos(
     manifest = write_manifest(Store(store, storage_options=storage_options), storage_options)
     create_table_artifact(key="archive-results", table=[{k: r[k] for k in _TABLE_KEYS} for r in results],
                           description=f"geo4d archive run into {store}")
-    return _run_summary(results, manifest)
+    return {**_run_summary(results, manifest), "placement": placement.describe()}
 
 
 def _collect(futures) -> list[dict]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
+from pathlib import Path
 
 from geo4d.errors import InputError
 
@@ -38,13 +41,25 @@ def cmd_archive(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     dt = time.perf_counter() - t0
-    print(f"\n{result['complete']} complete, {result['failed']} failed in {dt:.1f} s; "
+    if args.summary_json:
+        _write_summary(Path(args.summary_json), result)
+    print(f"\n{result['complete']} complete, {result['failed']} failed in {dt:.1f} s ({result['placement']}); "
           f"{result['windows_sampled']} windows sampled, network loaded {result['network_loads']}×; "
           f"manifest: {result['manifest']}")
     for r in result["videos"]:
         if r["status"] != "complete":
             print(f"  FAILED {r['video_id']} ({r['source']}) at {r['failed_stage']}: {r['error']}")
     return 1 if result["failed"] else 0
+
+
+def _write_summary(path: Path, result: dict) -> None:
+    """The run's summary as JSON (atomically: temporary name, then rename)."""
+    from geo4d.spec import jsonable
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(result), indent=1))
+    os.replace(tmp, path)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -99,6 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation stage")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute stages finished with other settings (default: such videos stop and say what differs)")
+    p.add_argument("--summary-json", metavar="FILE",
+                   help="also write the run's summary (per video: status, stage seconds, workers, network loads) as JSON")
     add_predictor_args(p)
     p.set_defaults(func=cmd_archive)
 

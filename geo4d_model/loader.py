@@ -34,10 +34,10 @@ from geo4d_model.network import (
     pointmap_vae_key_map,
     to_internal_state_dict,
 )
-from geo4d_model.vae import LatentVAE
+from geo4d_model.vae import LatentVAE, to_official_shape
 
 __all__ = ["LoadedGeo4D", "load_official", "read_checkpoint", "check_state_dict", "CLIP_PREFIXES",
-           "file_fingerprint", "build_network", "build_random"]
+           "file_fingerprint", "build_network", "build_random", "save_official"]
 
 #: Key prefixes of the two open_clip towers inside ``model.ckpt``.
 CLIP_PREFIXES = ("cond_stage_model.", "embedder.")
@@ -216,12 +216,15 @@ def build_random(config: str | os.PathLike | dict | Geo4DConfig, device: str | t
                  with_pointmap_vae: bool = True) -> tuple[Geo4DNetwork, LatentVAE | None]:
     """A random-weight network of a config (tests, benchmarks): built on ``meta`` and materialised once on
     ``device`` (no default-init pass), weights ~ U(±√(3/fan_in)) (variance 1/fan_in), norm scales 1, biases 0, schedule
-    buffers from the config (float32). Not a trained model: outputs are meaningless but finite."""
+    buffers from the config (float32). Not a trained model: outputs are meaningless but finite. The values
+    depend on the seed and on the device type (CUDA tensors are filled from a CUDA generator)."""
     from geo4d_model.network import schedule_buffers
 
     cfg = load_config(config)
     net, pm = build_network(cfg, "meta", with_pointmap_vae)
-    gen = torch.Generator("cpu").manual_seed(seed)
+    # the generator must live where the tensors are filled (a CPU generator cannot fill CUDA tensors)
+    target = torch.device(device)
+    gen = torch.Generator(target if target.type == "cuda" else "cpu").manual_seed(seed)
     for module in (net, pm):
         if module is None:
             continue
@@ -240,3 +243,60 @@ def build_random(config: str | os.PathLike | dict | Geo4DConfig, device: str | t
         for name, value in schedule_buffers(cfg.diffusion).items():
             getattr(net, name).data = value.to(device)
     return net, pm
+
+
+def _official_state_dict(module: torch.nn.Module, key_map: dict[str, str], dtype: torch.dtype | None,
+                         keep_float32: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Internal tensors of ``module`` under their official names and shapes (the inverse of
+    :func:`~geo4d_model.network.to_internal_state_dict`), on CPU, contiguous; floating tensors cast to
+    ``dtype`` (None: as they are) except internal keys in ``keep_float32``."""
+    internal = module.state_dict()
+    out: dict[str, torch.Tensor] = {}
+    for off, key in key_map.items():
+        t = internal[key].detach()
+        if t.is_meta:
+            raise RuntimeError(f"save_official: {key} is on the meta device (not materialised)")
+        t = t.reshape(to_official_shape(off, tuple(t.shape)))
+        if dtype is not None and t.is_floating_point() and key not in keep_float32:
+            t = t.to(dtype)
+        out[off] = t.cpu().contiguous()
+    return out
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """``torch.save`` to a temporary name beside ``path``, then ``os.replace`` (no partial file under
+    the final name, even when interrupted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_official(network: Geo4DNetwork, model_path: str | os.PathLike, pointmap_vae: LatentVAE | None = None,
+                  vae_path: str | os.PathLike | None = None, dtype: torch.dtype | None = None) -> None:
+    """Write a network in the official file layout: the inverse of :func:`load_official`.
+
+    ``model_path`` gets ``{"state_dict": …}`` with the official ``model.ckpt`` names and shapes
+    (U-Net, first-stage VAE, resampler, schedule buffers; no CLIP towers); ``vae_path`` (when
+    ``pointmap_vae`` is given) gets the point-map VAE's tensors under their official names with the
+    leading ``model.``. Each file is written to a temporary name and moved into place atomically.
+
+    Args:
+        network, pointmap_vae: materialised modules (any device; tensors are copied to CPU).
+        dtype: cast floating tensors (schedule buffers stay float32); None keeps each tensor's dtype.
+
+    Raises:
+        ValueError: ``pointmap_vae`` and ``vae_path`` are not given together.
+    """
+    if (pointmap_vae is None) != (vae_path is None):
+        raise ValueError("save_official: give pointmap_vae and vae_path together")
+    sd = _official_state_dict(network, official_key_map(network), dtype, keep_float32=SCHEDULE_BUFFERS)
+    _atomic_save({"state_dict": sd}, Path(model_path))
+    del sd
+    if pointmap_vae is not None:
+        psd = _official_state_dict(pointmap_vae, pointmap_vae_key_map(network.cfg.pointmap_vae), dtype)
+        _atomic_save({"state_dict": psd}, Path(vae_path))

@@ -146,11 +146,13 @@ def sampling_slot(bound: int | None) -> Iterator[None]:
 
 
 def worker_identity() -> dict:
-    """Which Dask worker (name, None outside one) and which process (``host:pid``) runs this."""
+    """Which Dask worker (name, None outside one), which process (``host:pid``) and which GPUs it sees
+    (``CUDA_VISIBLE_DEVICES``) run this."""
     try:
         from distributed import get_worker
 
         worker = str(get_worker().name)
     except (ImportError, ValueError):
         worker = None
-    return {"worker": worker, "process": f"{socket.gethostname()}:{os.getpid()}"}
+    return {"worker": worker, "process": f"{socket.gethostname()}:{os.getpid()}",
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

@@ -101,3 +101,76 @@ def test_max_gpu_tasks_bounds_the_sampling_stage(archive_dir, tmp_path, monkeypa
                "--no-evaluate"])
     assert rc == 0, capsys.readouterr().out
     assert peak[0] == 1
+
+
+def _track_sampling(monkeypatch):
+    """Wrap the windows stage to record the peak number of videos sampling at once."""
+    import threading
+    import time
+
+    import pipeline.stages as stages
+
+    active, peak, lock = [0], [0], threading.Lock()
+    original = stages.windows_stage
+
+    def tracked(*a, **k):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        try:
+            time.sleep(0.3)  # make overlaps likely if the bound did not hold
+            return original(*a, **k)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(stages, "windows_stage", tracked)
+    return peak
+
+
+@pytest.mark.parametrize("cluster", [{}, {"workers": 0}], ids=["as-deployed", "without-dask"])
+def test_the_nightly_deployment_keeps_its_gpu_bound(cluster, archive_dir, tmp_path, monkeypatch, prefect_env):
+    """The flow as a deployment runs it (entrypoint and parameters of prefect.yaml; only the paths and
+    the predictor of this test replaced): K = 1, no two videos ever sample at once — on the
+    deployment's Dask workers and without Dask (Prefect's thread pool) alike."""
+    from pathlib import Path
+
+    import yaml
+    from prefect.flows import load_flow_from_entrypoint
+
+    root = Path(__file__).resolve().parents[1]
+    dep = next(d for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+               if d["name"] == "nightly-archive")
+    flow = load_flow_from_entrypoint(str(root / dep["entrypoint"]))
+    params = {**dep["parameters"], **cluster, "sources": [str(archive_dir / f"clip_{i}.mp4") for i in range(3)],
+              "store": str(tmp_path / "nightly.zarr"), "predictor": {"kind": "synthetic"}, "evaluate": False}
+    assert params["max_gpu_tasks"] == 1 and params.get("workers", 2) == cluster.get("workers", 2)
+    peak = _track_sampling(monkeypatch)
+    result = flow(**flow.validate_parameters(params))
+    assert result["complete"] == 3 and result["windows_sampled"] == 3 * 2
+    assert peak[0] == 1
+    if cluster.get("workers") == 0:
+        assert all(v["workers"]["windows"]["worker"] is None for v in result["videos"])  # not on Dask
+
+
+@pytest.mark.slow
+def test_local_gpu_workers_sample_and_cpu_workers_do_the_rest(archive_dir, tmp_path, capsys, prefect_env):
+    """``geo4d archive --gpus 1 --workers 1``: a GPU worker process (CUDA_VISIBLE_DEVICES=0, resource
+    GPU=1) samples every video's windows; both worker processes record into this process's Prefect API."""
+    import json
+
+    srcs = [str(archive_dir / f"clip_{i}.mp4") for i in range(3)]
+    rc = main(["archive", *srcs, "--store", str(tmp_path / "gpu.zarr"), "--gpus", "1", "--workers", "1",
+               "--no-evaluate", "--summary-json", str(tmp_path / "summary.json")])
+    assert rc == 0, capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["complete"] == 3
+    for v in summary["videos"]:
+        assert v["workers"]["windows"]["worker"] == "gpu-0"
+        assert v["workers"]["windows"]["cuda_visible_devices"] == "0"
+        assert v["workers"]["decode"]["worker"] in ("gpu-0", "cpu-0")
+    import os
+
+    assert all(not p.endswith(f":{os.getpid()}") for v in summary["videos"] for p in
+               [v["workers"]["windows"]["process"]])  # sampled in the worker process, not here
+    assert "sampling on 1 GPU slot(s)" in capsys.readouterr().out

@@ -159,3 +159,42 @@ def test_schedule_from_config_matches_stored_buffers(reference_dir, tiny_sd):
     assert torch.allclose(table["a_prev"][0], tiny_sd["alphas_cumprod"][0])  # last step uses ᾱ[0], not 1
     ratio = table["scale_prev"] / table["scale"]
     assert torch.allclose(ratio, torch.tensor([1.0, 0.85037595 / 0.7, 1.0, 1.0, 1.0]), atol=1e-6)
+
+
+def _same_tensors(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sorted(sa) == sorted(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype and torch.equal(sa[k], sb[k]), k
+
+
+def test_save_official_round_trip(tiny, tmp_path):
+    """build_random → save_official → load_official gives identical tensors (network and point-map VAE),
+    and the written files have the fixture's official key names and shapes."""
+    from geo4d_model.loader import build_random, load_official, save_official
+
+    net, pm = build_random(tiny / "config.yaml", seed=3)
+    save_official(net, tmp_path / "model.ckpt", pm, tmp_path / "vae.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt", "vae.ckpt"]  # no temporary left
+    loaded = load_official(tiny / "config.yaml", tmp_path / "model.ckpt", tmp_path / "vae.ckpt")
+    _same_tensors(net, loaded.network)
+    _same_tensors(pm, loaded.pointmap_vae)
+    for name in ("model.ckpt", "vae.ckpt"):
+        ours = torch.load(tmp_path / name, map_location="cpu", weights_only=True)["state_dict"]
+        ref = torch.load(tiny / name, map_location="cpu", weights_only=True)["state_dict"]
+        assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}, name
+
+
+def test_save_official_bf16_keeps_schedule_float32(tiny, tmp_path):
+    from geo4d_model.loader import build_random, load_official, save_official
+
+    net, _ = build_random(tiny / "config.yaml", with_pointmap_vae=False)
+    save_official(net, tmp_path / "model.ckpt", dtype=torch.bfloat16)
+    sd = torch.load(tmp_path / "model.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    assert sd["alphas_cumprod"].dtype == torch.float32
+    assert sd["model.diffusion_model.out.2.bias"].dtype == torch.bfloat16
+    loaded = load_official(tiny / "config.yaml", tmp_path / "model.ckpt", dtype=torch.bfloat16)
+    w = net.unet.time_embed[0].weight
+    assert torch.equal(loaded.network.unet.time_embed[0].weight, w.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="together"):
+        save_official(net, tmp_path / "x.ckpt", vae_path=tmp_path / "v.ckpt")

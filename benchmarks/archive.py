@@ -6,6 +6,7 @@ machinery, store opening, records) — as a share of the task. The run's fixed s
 temporary API, the Dask cluster) is reported separately. Writes benchmarks/results/archive.{json,md}.
 
     python benchmarks/archive.py [--videos 6] [--frames 48] [--height 96] [--width 128]
+    python benchmarks/archive.py --network [--videos 4] [--frames 16] [--size 64]   # benchmarks/archive_network.py
 """
 
 from __future__ import annotations
@@ -25,13 +26,27 @@ sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--height", type=int, default=96)
     ap.add_argument("--width", type=int, default=128)
-    a = ap.parse_args()
+    ap.add_argument("--network", action="store_true",
+                    help="the full-size network with random weights instead (benchmarks/archive_network.py)")
+    ap.add_argument("--size", type=int, default=64, help="--network: square frame size (a multiple of 64)")
+    return ap.parse_args()
+
+
+def main() -> None:
+    a = _args()
+    if a.network:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from archive_network import main as network_main
+
+        a.videos, a.frames = (4 if a.videos == 6 else a.videos), (16 if a.frames == 48 else a.frames)
+        network_main(a)
+        return
     work = Path(tempfile.mkdtemp(prefix="geo4d-bench-archive-"))
     os.environ.setdefault("PREFECT_HOME", str(work / "prefect"))
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")

@@ -41,6 +41,8 @@ def test_reconstruct_with_the_network_predictor(reference_dir, tmp_path, capsys,
     rec = s.stage_record(vid, "windows")
     assert rec["status"] == "complete" and rec["predicted"] == 2 and "synthetic" not in rec["predictor"]
     assert rec["parameters"]["predictor"]["image_size"] == [32, 48]
+    # the official demo's frame-rate condition: int(fps / frame stride) of the video (10 fps here)
+    assert rec["parameters"]["predictor"]["fs"] == 10 and rec["parameters"]["predictor"]["autocast"] == "off"
     arrays, starts, V = s.windows(vid)
     assert starts == [0, 4] and V == 16
     assert np.allclose(np.linalg.norm(arrays["ray_dir"][1], axis=-1), 1, atol=1e-4)
@@ -51,6 +53,10 @@ def test_reconstruct_with_the_network_predictor(reference_dir, tmp_path, capsys,
     assert main(args) == 0
     assert s.stage_record(vid, "windows")["finished_at"] == rec["finished_at"]
     capsys.readouterr()
+    # another fs than the finished stage's: one line naming it, nothing changed
+    assert main(args + ["--fs", "24"]) == 2
+    assert "predictor.fs=10; this run asks 24" in capsys.readouterr().err
+    assert s.stage_record(vid, "windows")["finished_at"] == rec["finished_at"]
     bad = [a if a != "32x48" else "32by48" for a in args]
     assert main(bad) == 2
     assert "--image-size 32by48: expected HxW" in capsys.readouterr().err

@@ -66,6 +66,8 @@ class Geo4DPredictorSpec(Spec):
     autocast: Literal["auto", "off", "bfloat16", "float16"] = "auto"
     compile: bool = False
     fast: bool = True
+    overlap: Literal["auto", "on", "off"] = Field("auto", description="overlap device work with post-processing "
+                                                  "and writes (auto: on CUDA only)")
     sky_eps: float = Field(0.35, ge=0.0, description="sky-mask half-width of the post-processing")
     clip_context_cache: str | None = Field(None, description="directory caching the constant CLIP context")
     context: str | None = Field(None, description="constant context file (.safetensors, key 'context', (1, L, C)) "
@@ -80,7 +82,7 @@ _KINDS: dict[str, type[Spec]] = {"synthetic": SyntheticPredictorSpec, "geo4d": G
 _LOCATIONS = ("config", "checkpoint", "pointmap_vae", "clip_context_cache", "ground_truth", "context")
 #: Spec fields that choose where and in what batches the same computation runs: they change only
 #: floating-point rounding, so a video started on one GPU may be resumed on another.
-_EXECUTION = ("device", "window_batch", "vae_batch")
+_EXECUTION = ("device", "window_batch", "vae_batch", "overlap")
 #: The frame-rate condition when a video's fps is unknown (the official config's ``default_fs``).
 DEFAULT_FS = 24
 
@@ -182,6 +184,7 @@ def _geo4d(spec: Geo4DPredictorSpec) -> WindowPredictor:
         image_size=spec.image_size or DEFAULT_IMAGE_SIZE, fs=spec.fs or DEFAULT_FS, seed=spec.seed,
         sampler=spec.sampler, window_batch=spec.window_batch, vae_batch=spec.vae_batch,
         autocast=autocast, compile=spec.compile, fast=spec.fast, sky_eps=spec.sky_eps,
+        overlap={"auto": "auto", "on": True, "off": False}[spec.overlap],
     )
 
 

@@ -75,34 +75,6 @@ def test_archive_completes_good_videos_and_reports_bad_ones(archive_dir, tmp_pat
     assert after == before and len(before) == 6
 
 
-def test_max_gpu_tasks_bounds_the_sampling_stage(archive_dir, tmp_path, monkeypatch, capsys, prefect_env):
-    import threading
-    import time
-
-    import pipeline.stages as stages
-
-    active, peak, lock = [0], [0], threading.Lock()
-    original = stages.windows_stage
-
-    def tracked(*a, **k):
-        with lock:
-            active[0] += 1
-            peak[0] = max(peak[0], active[0])
-        try:
-            time.sleep(0.3)  # make overlaps likely if the bound did not hold
-            return original(*a, **k)
-        finally:
-            with lock:
-                active[0] -= 1
-
-    monkeypatch.setattr(stages, "windows_stage", tracked)
-    srcs = [str(archive_dir / f"clip_{i}.mp4") for i in range(3)]
-    rc = main(["archive", *srcs, "--store", str(tmp_path / "g.zarr"), "--workers", "2", "--max-gpu-tasks", "1",
-               "--no-evaluate"])
-    assert rc == 0, capsys.readouterr().out
-    assert peak[0] == 1
-
-
 def _track_sampling(monkeypatch):
     """Wrap the windows stage to record the peak number of videos sampling at once."""
     import threading
@@ -126,6 +98,16 @@ def _track_sampling(monkeypatch):
 
     monkeypatch.setattr(stages, "windows_stage", tracked)
     return peak
+
+
+def test_max_gpu_tasks_bounds_the_sampling_stage(archive_dir, tmp_path, monkeypatch, capsys, prefect_env):
+    peak = _track_sampling(monkeypatch)
+    srcs = [str(archive_dir / f"clip_{i}.mp4") for i in range(3)]
+    rc = main(["archive", *srcs, "--store", str(tmp_path / "g.zarr"), "--workers", "2", "--max-gpu-tasks", "1",
+               "--no-evaluate"])
+    assert rc == 0, capsys.readouterr().out
+    assert peak[0] == 1
+
 
 
 @pytest.mark.parametrize("cluster", [{}, {"workers": 0}], ids=["as-deployed", "without-dask"])

@@ -97,3 +97,171 @@ def test_bad_image_size_and_context(tiny_predictor_parts):
         Geo4DPredictor(loaded.network, loaded.pointmap_vae, context, image_size=(30, 48))
     with pytest.raises(InputError, match="context: expected"):
         Geo4DPredictor(loaded.network, loaded.pointmap_vae, context[..., :5], image_size=(32, 48))
+
+
+# --- the overlapped fast path (background device loop and post-processing) -------------------------
+def _predictor(parts, **kwargs):
+    from geo4d_model.predictor import Geo4DPredictor
+
+    loaded, context, (V, H, W) = parts
+    kwargs.setdefault("postprocess", _fake_post)
+    kwargs.setdefault("overlap", True)  # the default ("auto") is on for CUDA only
+    return Geo4DPredictor(loaded.network, loaded.pointmap_vae, context, image_size=(H, W), **kwargs)
+
+
+def _new_threads_gone(before, timeout=2.0):
+    """Join the threads started since ``before`` (up to ``timeout`` s in all); True when none is left."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    for t in set(threading.enumerate()) - before:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return not [t for t in set(threading.enumerate()) - before if t.is_alive()]
+
+
+def test_overlap_on_equals_off_exactly(tiny_predictor_parts):
+    _, _, (V, H, W) = tiny_predictor_parts
+    video = _video(3 * V, H, W, seed=2)
+    starts = [0, 2, V, 2 * V]
+    on = list(_predictor(tiny_predictor_parts, window_batch=3, overlap=True).predict_windows(video, starts, V))
+    off = list(_predictor(tiny_predictor_parts, window_batch=3, overlap=False).predict_windows(video, starts, V))
+    assert [g for g, _ in on] == [g for g, _ in off] == list(range(len(starts)))  # in order
+    for (_, a), (_, b) in zip(on, off):
+        for name, arr in a.as_dict().items():
+            assert np.array_equal(arr, b.as_dict()[name]), name
+
+
+def test_window_noise_is_deterministic_and_drawn_on_the_device():
+    from geo4d_model.predictor import window_noise
+
+    a = window_noise(7, 4, (1, 2, 3))
+    assert a.device.type == "cpu" and a.dtype == torch.float32
+    assert torch.equal(a, window_noise(7, 4, (1, 2, 3), device="cpu"))
+    assert not torch.equal(a, window_noise(7, 8, (1, 2, 3)))
+    # on CPU: the values of a CPU generator seeded by SeedSequence([seed, start]), as before
+    gen = torch.Generator("cpu").manual_seed(int(np.random.SeedSequence([7, 4]).generate_state(1)[0]))
+    assert torch.equal(a, torch.randn((1, 2, 3), generator=gen))
+    if torch.cuda.is_available():
+        c = window_noise(7, 4, (1, 2, 3), device="cuda")
+        assert c.device.type == "cuda" and torch.equal(c, window_noise(7, 4, (1, 2, 3), device="cuda"))
+
+
+class OutOfMemoryError(RuntimeError):
+    """Stand-in for torch.OutOfMemoryError (the windows stage matches on the class name)."""
+
+
+def test_exception_in_the_device_loop_reaches_the_caller(tiny_predictor_parts, monkeypatch):
+    import threading
+
+    _, _, (V, H, W) = tiny_predictor_parts
+    pred = _predictor(tiny_predictor_parts, window_batch=1)
+    real, calls = pred._sample, []
+
+    def sample(cond, starts):
+        calls.append(list(starts))
+        if len(calls) == 2:
+            raise OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(cond, starts)
+
+    monkeypatch.setattr(pred, "_sample", sample)
+    before = set(threading.enumerate())
+    got = []
+    with pytest.raises(OutOfMemoryError, match=r"^CUDA out of memory\. Tried to allocate 2\.00 GiB$") as info:
+        for g, _ in pred.predict_windows(_video(V + 4, H, W), [0, 2, 4], V):
+            got.append(g)
+    assert type(info.value) is OutOfMemoryError and got == [0]
+    assert _new_threads_gone(before)
+
+
+def test_exception_in_the_postprocessing_reaches_the_caller(tiny_predictor_parts):
+    import threading
+
+    from geo4d.errors import PredictionError
+
+    _, _, (V, H, W) = tiny_predictor_parts
+
+    def nan_post(decoded, sky_eps=0.35):
+        out = _fake_post(decoded, sky_eps)
+        out["pts3d"] = out["pts3d"] * float("nan")
+        return out
+
+    before = set(threading.enumerate())
+    with pytest.raises(PredictionError, match="non-finite"):
+        list(_predictor(tiny_predictor_parts, postprocess=nan_post).predict_windows(_video(V, H, W), [0], V))
+    assert _new_threads_gone(before)
+
+
+def test_closing_early_leaves_no_thread_running(tiny_predictor_parts):
+    import threading
+
+    _, _, (V, H, W) = tiny_predictor_parts
+    pred = _predictor(tiny_predictor_parts, window_batch=1)
+    before = set(threading.enumerate())
+    gen = pred.predict_windows(_video(V + 8, H, W), [0, 2, 4, 6, 8], V)
+    g, first = next(gen)
+    assert g == 0 and first.pointmap.shape == (V, H, W, 3)
+    names = {t.name for t in set(threading.enumerate()) - before}
+    assert "geo4d-postprocess" in names and names <= {"geo4d-device", "geo4d-postprocess"}  # still at work
+    gen.close()
+    assert _new_threads_gone(before, timeout=1.0)
+    # an exception in the consumer ends the generator the same way (here: its garbage collection)
+    with pytest.raises(KeyError):
+        for g, _ in pred.predict_windows(_video(V + 8, H, W), [0, 2, 4, 6, 8], V):
+            raise KeyError(g)
+    assert _new_threads_gone(before, timeout=5.0)
+    # the shallow copy of with_fs shares the network, not any thread or queue
+    other = pred.with_fs(10)
+    assert other.fs == 10 and other.network is pred.network
+    assert len(list(other.predict_windows(_video(V, H, W), [0], V))) == 1
+
+
+def test_postprocessing_runs_while_the_device_loop_works(tiny_predictor_parts, monkeypatch):
+    """Slow fake sampling (0.2 s per window) and post-processing (0.2 s per window), instant fake
+    encoding and decoding: overlapped, the wall time stays well below the serial sum and the
+    intervals intersect."""
+    import time
+
+    _, _, (V, H, W) = tiny_predictor_parts
+    n, nap = 6, 0.2
+    spans: dict[str, list] = {"sample": [], "post": []}
+    grad_modes = []
+
+    def slow_post(decoded, sky_eps=0.35):
+        t0 = time.perf_counter()
+        time.sleep(nap)
+        grad_modes.append(torch.is_grad_enabled())
+        spans["post"].append((t0, time.perf_counter()))
+        return _fake_post(decoded, sky_eps)
+
+    pred = _predictor(tiny_predictor_parts, window_batch=1, postprocess=slow_post)
+
+    def slow_sample(cond, starts):
+        t0 = time.perf_counter()
+        time.sleep(nap)
+        grad_modes.append(torch.is_grad_enabled())
+        spans["sample"].append((t0, time.perf_counter()))
+        B, _, V_, h, w = cond.shape
+        return torch.zeros(B, 16, V_, h, w)
+
+    monkeypatch.setattr(pred, "_sample", slow_sample)
+    # encoding and decoding cost next to nothing here, so that only the sleeps count (a loaded machine)
+    monkeypatch.setattr(pred, "_encode", lambda frames: torch.zeros(len(frames), 4, H // 4, W // 4))
+    monkeypatch.setattr(pred, "_decode", lambda z: torch.zeros(z.shape[0], 11, *z.shape[2:3], H, W))
+    video = _video(V + n - 1, H, W)
+    t0 = time.perf_counter()
+    out = list(pred.predict_windows(video, list(range(n)), V))
+    wall = time.perf_counter() - t0
+    assert [g for g, _ in out] == list(range(n))
+    assert not any(grad_modes)  # torch.no_grad() holds in the worker threads
+    serial = 2 * n * nap  # 2.4 s; overlapped ideally (n + 1) · nap = 1.4 s
+    assert wall < serial, f"overlapped run took {wall:.2f} s, the serial sum of the sleeps is {serial:.2f} s"
+    assert any(a0 < b1 and b0 < a1 for a0, a1 in spans["post"] for b0, b1 in spans["sample"])
+
+
+def test_overlap_is_on_for_cuda_only_by_default(tiny_predictor_parts):
+    from geo4d_model.predictor import Geo4DPredictor
+
+    loaded, context, (V, H, W) = tiny_predictor_parts
+    assert not Geo4DPredictor(loaded.network, loaded.pointmap_vae, context, image_size=(H, W)).overlap  # on CPU
+    assert Geo4DPredictor(loaded.network, loaded.pointmap_vae, context, image_size=(H, W), overlap=True).overlap

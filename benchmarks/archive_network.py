@@ -67,8 +67,10 @@ def _run(videos: list[str], store: Path, spec: dict, gpus: int) -> dict:
     t0 = time.perf_counter()
     res = reconstruct_archive(videos, str(store), predictor=spec, evaluate=False, gpus=gpus, workers=1)
     res["wall_s"] = time.perf_counter() - t0
-    if res["failed"]:
-        raise RuntimeError(f"archive run failed: {[v['error'] for v in res['videos'] if v['error']]}")
+    # Fusion may refuse the meaningless geometry of random weights; any other failure is a real one.
+    other = [v["error"] for v in res["videos"] if v["status"] != "complete" and v["failed_stage"] != "fuse"]
+    if other:
+        raise RuntimeError(f"archive run failed: {other}")
     return res
 
 
@@ -80,6 +82,7 @@ def _figures(label: str, runs: list[dict], workers: int) -> dict:
     stage_total = sum(stage.values())
     wall = sum(r["wall_s"] for r in runs)
     return {"variant": label, "sampling_workers": workers, "videos": len(videos),
+            "fused": sum(v["status"] == "complete" for v in videos),
             "network_loads": sum(r["network_loads"] for r in runs), "load_s_total": round(load, 1),
             "load_s_median": round(statistics.median([v["network_load"]["seconds"] for v in videos
                                                       if v.get("network_load")] or [0.0]), 1),
@@ -120,9 +123,18 @@ def markdown(out: dict) -> str:
         lines.append(f"| {r['variant']} | {r['sampling_workers']} | {r['network_loads']} | {r['load_s_median']} | "
                      f"{r['wall_s']} | {r['s_per_video']} | {sh['network load']:.0%} | {sh['sampling']:.0%} | "
                      f"{sh['decode']:.0%} | {sh['fuse']:.0%} |")
-    lines += ["", f"Resident network, 1 worker, vs per-video loading: {out['speedup_resident_1_over_per_video']}× "
-              "less wall time. Shares are of the summed stage time (load counted inside the sampling stage, "
-              "shown apart); wall time includes each run's start-up (Prefect, worker processes)."]
+    fused = ", ".join(f"{r['variant']} ({r['sampling_workers']}): {r['fused']}/{r['videos']}" for r in out["rows"])
+    lines += ["", f"Videos the fusion accepted (random weights give meaningless geometry, which the fusion may "
+              f"refuse; such a video's fuse share is its failed attempt): {fused}.",
+              "", f"Per-video loading took {out['speedup_resident_1_over_per_video']}× the wall time of the resident "
+              "network (1 worker). Shares are of the summed stage time (load counted inside the sampling stage, "
+              "shown apart); wall time includes each run's start-up (Prefect, worker processes) — for the "
+              "per-video variant once per video.", "",
+              "Load seconds here are small: `load_official` memory-maps the checkpoint and, on the CPU, the "
+              "weights stay mapped (the page cache holds the just-written file), so the reading is paid by the "
+              "first forward pass. On a GPU the weights are copied to the device at load (the load time of "
+              "`benchmarks/gpu.py`), and a cold 10 GB checkpoint on network storage takes tens of seconds: that "
+              "is what each video paid before, and what the resident network pays once per worker."]
     return "\n".join(lines) + "\n"
 
 

@@ -16,9 +16,10 @@ from prefect.futures import as_completed
 from geo4d.fusion import FusionConfig
 from pipeline.predictors import PredictorSpec, parse_predictor_spec
 from storage.manifest import write_manifest
-from storage.sources import resolve_sources
+from storage.sources import plan_archive
 from storage.store import Store
-from tasks.archive import decode_video_task, evaluate_video_task, fuse_video_task, sample_windows_task
+from tasks.archive import (decode_video_task, evaluate_video_task, fuse_video_task, rejected_summary,
+                           sample_windows_task)
 from tasks.cluster import archive_task_runner, sampling_placement
 
 _TABLE_KEYS = ("video_id", "source", "status", "failed_stage", "error", "windows_predicted")
@@ -69,10 +70,10 @@ def archive_videos(
     ``STORE/manifest.parquet`` and a table artifact of per-video results.
     """
     predictor = parse_predictor_spec(predictor)
-    entries = resolve_sources(sources)
+    entries, rejected = plan_archive(sources)  # ids settled (conflicts refused) before any write
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
     placement = sampling_placement(max_gpu_tasks)
-    print(f"{len(entries)} video(s), {placement.describe()}")
+    print(f"{len(entries)} video(s), {len(rejected)} rejected source row(s), {placement.describe()}")
     finals = []
     for e in entries:
         decoded = decode_video_task.submit(asdict(e), store, predictor, storage_options, overwrite)
@@ -83,9 +84,9 @@ def archive_videos(
         if evaluate:
             last = evaluate_video_task.submit(last, store, storage_options, overwrite)
         finals.append(last)
-    results = _collect(finals)
+    results = _collect(finals) + [rejected_summary(asdict(r)) for r in rejected]
     order = {e.path: i for i, e in enumerate(entries)}
-    results.sort(key=lambda r: order.get(r["source"], 0))
+    results.sort(key=lambda r: order.get(r["source"], len(order)))
     manifest = write_manifest(Store(store, storage_options=storage_options), storage_options)
     create_table_artifact(key="archive-results", table=[{k: r[k] for k in _TABLE_KEYS} for r in results],
                           description=f"geo4d archive run into {store}")

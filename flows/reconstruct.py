@@ -24,23 +24,27 @@ def reconstruct_video(
     ground_truth: str | None = None,
     storage_options: dict | None = None,
     overwrite: bool = False,
+    lease_wait: float | None = None,
 ) -> dict:
     """Reconstruct one video into ``store``; finished stages are skipped on a rerun.
 
     ``predictor`` is a spec (:mod:`pipeline.predictors`; a mapping is validated into one); the
     default is the synthetic test instrument, which needs the video's ``.gt`` ground truth.
     ``fusion`` is a :class:`geo4d.fusion.FusionConfig` (default: its defaults). A stage finished with
-    other settings stops the run with the differing setting unless ``overwrite``.
+    other settings stops the run with the differing setting unless ``overwrite``. Another writer of
+    the same video is waited for ``lease_wait`` seconds (None: as long as it takes; 0: fail at once).
     """
     predictor = parse_predictor_spec(predictor)
     decoded = decode_task(video, store, video_id=video_id, size=predictor_image_size(predictor),
-                          frame_stride=frame_stride, storage_options=storage_options, overwrite=overwrite)
+                          frame_stride=frame_stride, storage_options=storage_options, overwrite=overwrite,
+                          lease_wait=lease_wait)
     vid = decoded["video_id"]
     windows = windows_task(store, vid, predictor, window_size=window_size, stride=window_stride,
-                           storage_options=storage_options, overwrite=overwrite)
-    fused = fuse_task(store, vid, fusion=fusion, storage_options=storage_options, overwrite=overwrite)
+                           storage_options=storage_options, overwrite=overwrite, lease_wait=lease_wait)
+    fused = fuse_task(store, vid, fusion=fusion, storage_options=storage_options, overwrite=overwrite,
+                      lease_wait=lease_wait)
     result = {"video_id": vid, "decode": decoded, "windows": windows, "fuse": fused}
     if evaluate:
         result["evaluate"] = evaluate_task(store, vid, ground_truth=ground_truth, storage_options=storage_options,
-                                           overwrite=overwrite)
+                                           overwrite=overwrite, lease_wait=lease_wait)
     return result

@@ -22,3 +22,11 @@ class SettingsChangedError(InputError):
 
     The message names the differing parameter and both values; ``--overwrite`` recomputes.
     """
+
+
+class LeaseHeldError(Geo4DError):
+    """Another writer holds the video's lease (its message says who and since when)."""
+
+
+class LeaseLostError(Geo4DError):
+    """This writer's lease on a video was taken over (its heartbeat stopped for too long): it stops writing."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from geo4d.errors import InputError
 
-__all__ = ["VideoMeta", "probe_video", "read_video"]
+__all__ = ["VideoMeta", "probe_video", "read_video", "stream_video"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,81 @@ def probe_video(path: str | os.PathLike) -> VideoMeta:
         )
 
 
+def stream_video(
+    path: str | os.PathLike,
+    size: tuple[int, int] | None = None,
+    stride: int = 1,
+    max_frames: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    block: int = 16,
+) -> tuple[VideoMeta, Iterator[np.ndarray]]:
+    """Decode a video as it streams: its metadata now, its kept RGB frames in blocks as they decode.
+
+    The file is probed at once (a missing or unreadable file raises here); the blocks come from
+    a generator that holds at most one block of kept frames, so memory does not grow with the
+    video's length. A stream that breaks off, or stops short of the declared frame count, raises
+    :class:`InputError` from the generator **after** the blocks before it: a consumer that stores
+    blocks must treat them as provisional until the generator is exhausted.
+
+    Args:
+        path, size, stride, max_frames, progress: as for :func:`read_video`.
+        block: kept frames per yielded block (the last may be shorter).
+
+    Returns:
+        the container's :class:`VideoMeta`, and an iterator of (n, H, W, 3) uint8 blocks, n ≤ ``block``.
+
+    Raises:
+        InputError: missing file or not a video (at once); truncated stream (from the iterator).
+    """
+    if stride < 1:
+        raise InputError(f"frame stride must be >= 1, got {stride}")
+    if block < 1:
+        raise ValueError(f"block: expected >= 1, got {block}")
+    meta = probe_video(path)
+    return meta, _blocks(path, meta, size, stride, max_frames, progress, block)
+
+
+def _blocks(path, meta: VideoMeta, size, stride: int, max_frames: int | None,
+            progress: Callable[[int, int], None] | None, block: int) -> Iterator[np.ndarray]:
+    """The generator behind :func:`stream_video` (every frame is decoded; every ``stride``-th kept)."""
+    import av
+
+    pending: list[np.ndarray] = []
+    kept = decoded = 0
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                decoded += 1
+                if (decoded - 1) % stride:
+                    continue
+                pending.append(_rgb(frame, size))
+                kept += 1
+                if progress is not None and kept % 16 == 0:
+                    progress(kept, meta.n_frames // stride)
+                if len(pending) == block:
+                    yield np.stack(pending)
+                    pending = []
+                if max_frames is not None and kept >= max_frames:
+                    break
+        except av.error.FFmpegError as exc:
+            raise InputError(f"{path}: video stream breaks off after {decoded} frames ({_reason(exc)}); truncated or corrupt") from exc
+    if not kept:
+        raise InputError(f"{path}: no decodable frames")
+    if max_frames is None and meta.n_frames and decoded < meta.n_frames - 1:
+        raise InputError(f"{path}: decoded {decoded} of {meta.n_frames} declared frames; truncated or corrupt")
+    if pending:
+        yield np.stack(pending)
+
+
+def _rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
+    """One decoded frame as (H, W, 3) uint8 RGB, resized to ``size`` (H, W) by FFmpeg's scaler."""
+    if size is None:
+        return frame.to_ndarray(format="rgb24")
+    return frame.to_ndarray(width=size[1], height=size[0], format="rgb24")
+
+
 def read_video(
     path: str | os.PathLike,
     size: tuple[int, int] | None = None,
@@ -71,7 +146,7 @@ def read_video(
     max_frames: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, VideoMeta]:
-    """Decode a video into RGB frames.
+    """Decode a whole video into memory (:func:`stream_video` decodes it block by block).
 
     Args:
         path: video file.
@@ -86,33 +161,5 @@ def read_video(
     Raises:
         InputError: missing file, not a video, or a stream that breaks off (truncated file).
     """
-    import av
-
-    if stride < 1:
-        raise InputError(f"frame stride must be >= 1, got {stride}")
-    meta = probe_video(path)
-    kept: list[np.ndarray] = []
-    decoded = 0
-    with _open(path) as container:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                if decoded % stride == 0:
-                    if size is not None:
-                        arr = frame.to_ndarray(width=size[1], height=size[0], format="rgb24")
-                    else:
-                        arr = frame.to_ndarray(format="rgb24")
-                    kept.append(arr)
-                    if progress is not None and len(kept) % 16 == 0:
-                        progress(len(kept), meta.n_frames // stride)
-                    if max_frames is not None and len(kept) >= max_frames:
-                        break
-                decoded += 1
-        except av.error.FFmpegError as exc:
-            raise InputError(f"{path}: video stream breaks off after {decoded} frames ({_reason(exc)}); truncated or corrupt") from exc
-    if not kept:
-        raise InputError(f"{path}: no decodable frames")
-    if max_frames is None and meta.n_frames and decoded < meta.n_frames - 1:
-        raise InputError(f"{path}: decoded {decoded} of {meta.n_frames} declared frames; truncated or corrupt")
-    return np.stack(kept), meta
+    meta, blocks = stream_video(path, size=size, stride=stride, max_frames=max_frames, progress=progress)
+    return np.concatenate(list(blocks)), meta

@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-from geo4d.errors import Geo4DError
+from geo4d.errors import Geo4DError, LeaseHeldError
 
 # Modules providing subcommands, in help order.
 COMMAND_MODULES = (
@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "geo4d_cli.metrics",      # metrics poses|depth, evaluate
     "geo4d_cli.archive",      # archive, status
     "geo4d_cli.export",       # export
+    "geo4d_cli.verify",       # verify
 )
 
 
@@ -34,13 +35,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
+    except LeaseHeldError as exc:  # another writer has the video (`geo4d reconstruct --no-wait`)
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except Geo4DError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `geo4d … | head`: the reader is gone; stop quietly (the store stays consistent)
+        _silence_stdout()
+        return 141
+    except OSError as exc:  # permission denied, disk full, read-only store …: one line, not a traceback
+        print(f"error: {os_error_line(exc, getattr(args, 'store', None))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def os_error_line(exc: OSError, store: str | None = None) -> str:
+    """``<path>: <problem>`` of an operating-system error: the path it names, else the store the command
+    writes (a write deep inside Zarr names no file), else its message."""
+    path = exc.filename if exc.filename is not None else store
+    if path is not None and exc.strerror:
+        return f"{path}: {exc.strerror[0].lower()}{exc.strerror[1:]}"
+    return str(exc)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,10 +13,10 @@ from geo4d.errors import InputError
 
 def cmd_archive(args: argparse.Namespace) -> int:
     from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, fusion_option, predictor_spec
-    from storage.sources import resolve_sources
+    from storage.sources import plan_archive
     from storage.store import Store
 
-    entries = resolve_sources(args.sources)  # one-line errors before any work
+    entries, rejected = plan_archive(args.sources)  # one-line errors (e.g. colliding ids) before any work
     Store(args.store)
     spec = predictor_spec(args)
     fusion = fusion_option(args.fusion)
@@ -29,6 +29,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
         raise InputError("--gpus starts local GPU workers; with --dask-address the cluster's workers declare "
                          "their GPUs (dask worker … --resources GPU=1)")
     _prefect_env()
+    import distributed  # noqa: F401  -- configures its loggers before Prefect's, as in a Dask worker (quiet)
+
     from flows.archive import reconstruct_archive
 
     where = args.dask_address or (f"{args.gpus} local GPU worker(s) + {args.workers} CPU worker(s)" if args.gpus
@@ -86,8 +88,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     failed = [r for r in rows if r["error"]]
     for r in failed:
         print(f"failed: {r['video_id']} ({r['source']}): {r['error']}")
+    damaged = [r for r in rows if r["damage"] and not r["error"]]
+    for r in [r for r in rows if r["damage"]]:
+        for line in r["damage"].splitlines():
+            print(f"damaged: {r['video_id']}: {line}")
     done = sum(all(r[f"{st}_status"] == "complete" for st in STAGES) for r in rows)
-    print(f"total: {len(rows)} videos, {done} complete, {len(failed)} failed, {len(rows) - done - len(failed)} pending")
+    print(f"total: {len(rows)} videos, {done} complete, {len(failed)} failed, "
+          f"{len(rows) - done - len(failed) - len(damaged)} pending" + (f", {len(damaged)} damaged" if damaged else ""))
+    if damaged:
+        print("damaged stages are recomputed by a rerun (geo4d reconstruct / archive / fuse)")
     try:
         print(f"manifest: {write_manifest(Store(args.store))}")
     except OSError as exc:  # a read-only store still gets its table printed

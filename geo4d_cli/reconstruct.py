@@ -24,12 +24,18 @@ def _prefect_env() -> None:
 
     Prefect's console logger is kept for critical messages only: a failing stage's traceback would
     bury the one-line error the CLI prints (runs are still fully recorded by the Prefect API).
-    Progress is printed by the stages themselves (GEO4D_CONSOLE_PROGRESS).
+    Progress is printed by the stages themselves (GEO4D_CONSOLE_PROGRESS). Without a configured server
+    the temporary one is started here, with a longer start timeout and a watchdog that stops it when
+    this process ends (:mod:`geo4d_cli.prefect_server`).
     """
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("GEO4D_CONSOLE_PROGRESS", "1")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    from geo4d_cli.prefect_server import STARTUP_TIMEOUT_S, start_temporary_server
+
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(STARTUP_TIMEOUT_S))
+    start_temporary_server()
 
 
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
@@ -130,6 +136,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     video = Path(args.video)
     if not video.is_file():
         raise InputError(f"{video}: no such file" if not video.exists() else f"{video}: not a file")
+    if not os.access(video, os.R_OK):
+        raise InputError(f"{video}: permission denied")
     spec = predictor_spec(args)
     fusion = fusion_option(args.fusion)
     _open_store(args.store)  # fail fast on a store of another layout, before any work
@@ -142,6 +150,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     result = reconstruct_video(
         str(video), args.store, predictor=spec, video_id=args.video_id, frame_stride=args.frame_stride,
         fusion=fusion, evaluate=not args.no_evaluate, ground_truth=args.ground_truth, overwrite=args.overwrite,
+        lease_wait=0.0 if args.no_wait else None,
     )
     print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
     _print_stages(result)
@@ -193,6 +202,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fusion", help="fusion options as JSON (see docs/fusion.md)")
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation stage")
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
+    p.add_argument("--no-wait", action="store_true",
+                   help="when another process is writing this video, exit 3 at once instead of waiting for it")
     add_predictor_args(p)
     p.set_defaults(func=cmd_reconstruct)
 

@@ -9,6 +9,7 @@ notebook can call them directly.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -99,15 +100,19 @@ def decode_stage(
 ) -> StageResult:
     """Decode ``video_path`` (PyAV), resize to ``size`` (H, W) if given, store ``frames``.
 
-    Validates the whole video before touching the store: a missing, unreadable, truncated or too
-    short video raises :class:`InputError` and leaves the store as it was. A finished decode of
-    other settings (e.g. another size) is kept unless ``overwrite`` (:func:`check_settings`).
+    Frames stream into the store block by block (:func:`geo4d.video.stream_video`), so memory does
+    not grow with the video's length. They are staged and become ``frames`` only once the whole
+    video has decoded: a missing, unreadable, truncated or too short video raises
+    :class:`InputError` and leaves the store as it was. A finished decode of other settings (e.g.
+    another size) is kept unless ``overwrite`` (:func:`check_settings`).
     """
-    from geo4d.video import read_video
+    from geo4d.video import stream_video
 
     path = Path(video_path)
     if not path.is_file():
         raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
     vid = video_id or video_id_for(path)
     params = {"source": str(path.resolve()), "size": list(size) if size else None, "frame_stride": frame_stride,
               "content_id": vid}
@@ -117,21 +122,22 @@ def decode_stage(
         return StageResult(vid, "decode", True, fp, details={"n_frames": info.n_frames})
     check_settings(store, vid, "decode", params, fp, overwrite)
     t0 = time.perf_counter()
-    frames, meta = read_video(path, size=size, stride=frame_stride,
-                              progress=(lambda k, n: progress(k, n, "decoding")) if progress else None)
-    if len(frames) < min_frames:
-        raise VideoTooShortError(f"{path}: {len(frames)} frames after stride {frame_stride}, fewer than one window of {min_frames}")
-    T, H, W, _ = frames.shape
-    info = VideoInfo(vid, str(path.resolve()), T, H, W, meta.fps / frame_stride if meta.fps else 0.0)
-    if store.has_video(vid):
-        old = store.video_info(vid)
-        if (old.n_frames, old.height, old.width) != (T, H, W):
-            # Other decode parameters: the whole video is recomputed from scratch.
-            store.delete_video(vid)
-    store.ensure_video(info)
-    store.clear_stages(vid, ["decode"] + _downstream("decode"))
-    arr = store.frames_array(vid, create=True)
-    arr[:] = frames
+    meta, blocks = stream_video(path, size=size, stride=frame_stride,
+                                progress=(lambda k, n: progress(k, n, "decoding")) if progress else None)
+    fps = meta.fps / frame_stride if meta.fps else 0.0
+    T = H = W = 0
+    try:
+        for block in blocks:
+            store.write_frames(vid, T, block, source=str(path.resolve()), fps=fps,
+                               capacity=meta.n_frames // frame_stride + 1)
+            T, (H, W) = T + len(block), block.shape[1:3]
+        if T < min_frames:
+            raise VideoTooShortError(f"{path}: {T} frames after stride {frame_stride}, fewer than one window of {min_frames}")
+        # Only now are the frames known complete: earlier frames and records are replaced here.
+        store.commit_frames(VideoInfo(vid, str(path.resolve()), T, H, W, fps), ["decode"] + _downstream("decode"))
+    except BaseException:
+        store.discard_frames(vid)
+        raise
     dt = time.perf_counter() - t0
     store.record_stage(vid, "decode", "complete", parameters=params, run_id=run_id, seconds=dt,
                        extra={"codec": meta.codec, "source_fps": meta.fps})
@@ -149,13 +155,15 @@ def windows_stage(
     run_id: str | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
+    lease=None,
 ) -> StageResult:
     """Predict every window not yet stored; each window's data is written, then its done marker.
 
     ``predictor`` is a predictor object or a spec. A geo4d spec's network is resident
     (:mod:`pipeline.resident`): loaded once per process and device, and only when a window is
     missing; ``details["network_load"]`` says when this call loaded it. Settings that differ from
-    a finished stage (or from windows already stored) stop the stage unless ``overwrite``.
+    a finished stage (or from windows already stored) stop the stage unless ``overwrite``. With a
+    :class:`storage.leases.VideoLease`, every window write first checks the lease is still held.
     """
     info = store.video_info(video_id)
     spec = None if isinstance(predictor, WindowPredictor) else parse_predictor_spec(predictor)
@@ -183,7 +191,7 @@ def windows_stage(
             details["network_load"] = load.__dict__ if load else None
             if load and progress:
                 progress(0, len(starts), load.message)
-        summaries = _sample(store, video_id, predictor, starts, todo, window_size, progress)
+        summaries = _sample(store, video_id, predictor, starts, todo, window_size, progress, lease)
     details["predicted"] = len(summaries)
     _summaries_of_stored(store, video_id, starts, summaries)
     _checked(store, video_id, "windows", run_id,
@@ -237,7 +245,7 @@ def _check_partial_windows(store: Store, video_id: str, params: dict, fp: str, o
 
 
 def _sample(store: Store, video_id: str, predictor: WindowPredictor, starts: list[int], todo: list[int],
-            window_size: int, progress: Progress | None) -> dict[int, list[dict]]:
+            window_size: int, progress: Progress | None, lease=None) -> dict[int, list[dict]]:
     """Predict the windows ``todo`` and store each; returns per-window summaries (by window index).
 
     Out of accelerator memory: fewer windows per call, and only the missing windows are resumed.
@@ -249,6 +257,8 @@ def _sample(store: Store, video_id: str, predictor: WindowPredictor, starts: lis
             for k, pred in predictor.predict_windows(store.read_frames(video_id), todo_starts, window_size):
                 g = todo[k]
                 _check_finite(pred, g, starts[g], window_size)
+                if lease is not None:
+                    lease.check()  # a writer whose lease was taken over stops here
                 store.write_window(video_id, g, pred)
                 summaries[g] = validation.window_summary(pred.as_dict(), g, starts[g])
                 if progress:

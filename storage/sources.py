@@ -1,14 +1,16 @@
-"""Resolve archive SOURCES (files, directories, globs, Parquet/CSV manifests) into video entries."""
+"""Resolve archive SOURCES (files, directories, globs, Parquet/CSV manifests) into video entries, and
+plan an archive run: every video gets one id before anything is written (:func:`plan_archive`)."""
 
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from geo4d.errors import InputError
 
-__all__ = ["VideoSource", "resolve_sources", "VIDEO_SUFFIXES"]
+__all__ = ["VideoSource", "RejectedSource", "resolve_sources", "plan_archive", "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -17,6 +19,16 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 class VideoSource:
     path: str
     video_id: str | None = None  # None: the store's content-hash id
+    also: tuple[str, ...] = ()   # further paths holding the same content (one video, decoded once)
+
+
+@dataclass(frozen=True)
+class RejectedSource:
+    """A source row that cannot become a video (e.g. an invalid id): it fails alone, nothing is written."""
+
+    path: str
+    video_id: str | None
+    reason: str
 
 
 def _manifest(path: Path) -> list[VideoSource]:
@@ -72,3 +84,58 @@ def resolve_sources(sources: list[str]) -> list[VideoSource]:
     if not unique:
         raise InputError(f"sources {' '.join(sources)}: no video found")
     return unique
+
+
+def _identify(src: VideoSource) -> tuple[str | None, str]:
+    """(content hash or None for an unreadable path, the video id this source gets)."""
+    from storage.store import content_hash, video_id_for
+
+    p = Path(src.path)
+    try:
+        digest = content_hash(p) if p.is_file() else None
+    except OSError:  # unreadable: fails at decode, for this video only
+        digest = None
+    if src.video_id:
+        return digest, src.video_id
+    if digest is None:
+        return None, f"{p.stem or 'video'}-missing-{hashlib.sha256(str(p.resolve()).encode()).hexdigest()[:8]}"
+    return digest, video_id_for(p)
+
+
+def _merge(first: VideoSource, other: VideoSource, first_id: str, other_id: str) -> VideoSource:
+    if first.video_id and other.video_id and first_id != other_id:
+        raise InputError(f"{first.path} and {other.path} are the same video with two ids, "
+                         f"{first_id!r} and {other_id!r}: give one")
+    return replace(first, also=first.also + (other.path,))
+
+
+def plan_archive(sources: list[str]) -> tuple[list[VideoSource], list[RejectedSource]]:
+    """Every video of SOURCES with its id, before anything is written.
+
+    * The same content under several paths is one video (first path; the others in ``also``).
+    * Two different videos with one id stop the run: :class:`InputError` naming both sources.
+    * A row whose id is invalid is rejected alone (:class:`RejectedSource`), the others go on.
+    """
+    from storage.store import valid_video_id
+
+    by_content: dict[str, int] = {}
+    videos: list[VideoSource] = []
+    ids: list[str] = []
+    rejected: list[RejectedSource] = []
+    for src in resolve_sources(sources):
+        if src.video_id and not valid_video_id(src.video_id):
+            rejected.append(RejectedSource(src.path, src.video_id, f"video_id {src.video_id!r}: not a valid id "
+                                           "(letters, digits, '.', '_', '-'; at most 128; starting with a letter or digit)"))
+            continue
+        digest, vid = _identify(src)
+        if digest is not None and digest in by_content:
+            k = by_content[digest]
+            videos[k] = _merge(videos[k], src, ids[k], vid)
+            continue
+        if vid in ids:
+            raise InputError(f"video_id {vid!r} names two different videos: {videos[ids.index(vid)].path} and {src.path}")
+        if digest is not None:
+            by_content[digest] = len(videos)
+        videos.append(replace(src, video_id=vid))
+        ids.append(vid)
+    return videos, rejected

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
 
 from geo4d.errors import StoreError
 from geo4d.geometry import Geometry
@@ -34,18 +35,34 @@ __all__ = [
     "FUSED_ARRAYS",
     "VideoInfo",
     "video_id_for",
+    "valid_video_id",
+    "content_hash",
     "stage_fingerprint",
+    "round_mantissa",
+    "WINDOW_MANTISSA_BITS",
 ]
 
 STORE_FORMAT = "geo4d-store"
-STORE_VERSION = 1
+#: Format 2: a crc32c checksum on every chunk, every chunk written (a missing one is damage), window
+#: modalities rounded to :data:`WINDOW_MANTISSA_BITS` and compressed with Blosc zstd + bit shuffle.
+#: Stores of format 1 (Blosc lz4, no checksums, fill-value chunks skipped) are read as ever.
+STORE_VERSION = 2
 #: Pipeline stages in order; a stage's record is written only after all its arrays are complete.
 STAGES = ("decode", "windows", "fuse", "evaluate")
 #: Names of the fused arrays (``fused/<name>``) and their per-frame trailing shapes.
 #: The store's name of :attr:`geo4d.geometry.Geometry.world_from_cam` (kept for format compatibility).
 _POSE_KEY = "cam_to_world"
 FUSED_ARRAYS = ("depth", "confidence", "intrinsics", _POSE_KEY, "points")
-_COMPRESSOR = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+#: Codecs after the array-to-bytes step: compression, then a per-chunk checksum (Zarr v3 ``crc32c``).
+_FLOAT_CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle"), Crc32cCodec())
+_FRAME_CODECS = (BloscCodec(cname="zstd", clevel=3, shuffle="noshuffle"), Crc32cCodec())
+#: Chunks equal to the fill value are written too, so a chunk's absence always means damage.
+_ARRAY_CONFIG = {"write_empty_chunks": True}
+#: Array attribute of the arrays written that way (format 2): each of their chunks exists in storage.
+EVERY_CHUNK_ATTR = "geo4d_every_chunk_written"
+#: Mantissa bits kept (of float32's 23) in the stored window modalities: relative rounding error
+#: ≤ 2⁻⁹ (half of bfloat16's, the network's compute precision); fused arrays are not rounded.
+WINDOW_MANTISSA_BITS = 8
 _VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -69,6 +86,14 @@ def video_id_for(path: str | os.PathLike, digest_bytes: int = 1 << 20) -> str:
     costs at most 2 MiB of reading per video.
     """
     p = Path(path)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", p.stem).strip("._-") or "video"
+    return f"{stem[:80]}-{content_hash(p, digest_bytes)[:10]}"
+
+
+def content_hash(path: str | Path, digest_bytes: int = 1 << 20) -> str:
+    """sha256 hex of a file's size and its first and last ``digest_bytes`` (the whole file when smaller):
+    what tells two paths of one video apart from two videos, reading at most 2 MiB."""
+    p = Path(path)
     size = p.stat().st_size
     h = hashlib.sha256(str(size).encode())
     with open(p, "rb") as f:
@@ -76,8 +101,12 @@ def video_id_for(path: str | os.PathLike, digest_bytes: int = 1 << 20) -> str:
         if size > 2 * digest_bytes:
             f.seek(size - digest_bytes)
         h.update(f.read(digest_bytes))
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", p.stem).strip("._-") or "video"
-    return f"{stem[:80]}-{h.hexdigest()[:10]}"
+    return h.hexdigest()
+
+
+def valid_video_id(video_id: str) -> bool:
+    """Whether ``video_id`` may name ``videos/<id>`` (docs/store.md)."""
+    return bool(_VIDEO_ID_RE.match(video_id))
 
 
 def stage_fingerprint(parameters: Mapping[str, Any]) -> str:
@@ -92,6 +121,69 @@ def _now() -> str:
 
 def _is_url(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
+
+
+def round_mantissa(values: np.ndarray, keep: int = WINDOW_MANTISSA_BITS) -> np.ndarray:
+    """float32 ``values`` with all but ``keep`` of the 23 mantissa bits zeroed, rounded to nearest
+    (ties to even), so that a lossless compressor packs them tightly; non-finite values are kept.
+
+    The relative change is at most ``2 ** -(keep + 1)``; the result is plain float32 (any reader
+    reads it, unlike a rounding codec).
+
+    >>> round_mantissa(np.array([1.0 + 2 ** -10, 3.14159265], np.float32), keep=8).tolist()
+    [1.0, 3.140625]
+    """
+    if not 0 < keep < 23:
+        raise ValueError(f"keep: expected 1…22 mantissa bits, got {keep}")
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    bits = x.view(np.uint32)
+    drop = np.uint32(23 - keep)
+    odd = (bits >> drop) & np.uint32(1)
+    half = np.uint32((1 << (23 - keep - 1)) - 1)
+    rounded = ((bits + half + odd) & np.uint32((0xFFFFFFFF << (23 - keep)) & 0xFFFFFFFF)).view(np.float32)
+    return np.where(np.isfinite(x), rounded, x)
+
+
+def _create(grp: zarr.Group, name: str, shape: tuple[int, ...], dtype: str, codecs: tuple,
+            attributes: Mapping[str, Any] | None = None) -> zarr.Array:
+    """A new array of format 2 (one chunk per index of the first axis, checksummed, every chunk
+    written), replacing any array of that name."""
+    return grp.create_array(name, shape=shape, chunks=(1,) + tuple(shape[1:]), dtype=dtype, compressors=codecs,
+                            fill_value=0, overwrite=True, config=_ARRAY_CONFIG,
+                            attributes={EVERY_CHUNK_ATTR: True, **(attributes or {})})
+
+
+def stored_chunk_keys(arr: zarr.Array) -> set[str]:
+    """The chunk keys (relative to the array, e.g. ``c/3/0/0``) present in the array's storage."""
+    prefix = arr.store_path.path.rstrip("/") + "/" if arr.store_path.path else ""
+
+    async def listing() -> set[str]:
+        return {key[len(prefix):] async for key in arr.store_path.store.list_prefix(prefix)}
+
+    return sync(listing()) - {"zarr.json"}
+
+
+def chunk_coords(arr: zarr.Array) -> list[tuple[int, ...]]:
+    """Every chunk's grid coordinates, in order."""
+    import itertools
+
+    return list(itertools.product(*(range(n) for n in arr.cdata_shape)))
+
+
+def missing_chunks(arr: zarr.Array) -> list[tuple[int, ...]]:
+    """Coordinates of the chunks absent from storage (read back as fill values)."""
+    have = stored_chunk_keys(arr)
+    return [c for c in chunk_coords(arr) if arr.metadata.encode_chunk_key(c) not in have]
+
+
+def every_chunk_written(arr: zarr.Array) -> bool:
+    """Whether ``arr`` was written with every chunk stored (format 2), so that a missing chunk is damage."""
+    return bool(arr.attrs.get(EVERY_CHUNK_ATTR, False))
+
+
+def has_checksums(arr: zarr.Array) -> bool:
+    """Whether ``arr``'s chunks carry a crc32c checksum."""
+    return any(isinstance(c, Crc32cCodec) for c in arr.metadata.codecs)
 
 
 class Store:
@@ -229,10 +321,27 @@ class Store:
         self.ensure_video(VideoInfo(video_id, source, 0, 0, 0, 0.0))
         self.record_stage(video_id, "decode", "failed", parameters={"source": source}, run_id=run_id, error=error)
 
+    def record_source_paths(self, video_id: str, paths: list[str]) -> None:
+        """Every path the video's content was found under (attribute ``source_paths``; ``source`` is the
+        first). Written by the video's one writer, after its decode."""
+        grp = self._video_group(video_id)
+        if grp.attrs.get("source_paths") != list(paths):
+            grp.attrs["source_paths"] = list(paths)
+
     def delete_video(self, video_id: str) -> None:
         """Remove ``videos/<id>`` and everything under it."""
         self._video_group(video_id)
         del self.root[f"videos/{video_id}"]
+
+    def video_array(self, video_id: str, path: str) -> zarr.Array:
+        """The array ``videos/<id>/<path>`` (e.g. ``fused/depth``); :class:`StoreError` when absent."""
+        grp = self._video_group(video_id)
+        parent, _, name = path.rpartition("/")
+        if parent:
+            if parent not in grp or not isinstance(grp[parent], zarr.Group):
+                raise StoreError(f"{self.location}: videos/{video_id}/{parent} is missing (docs/store.md)")
+            grp = grp[parent]
+        return self._array(grp, name, f"videos/{video_id}/{parent}".rstrip("/"))
 
     def video_attrs(self, video_id: str) -> dict:
         return self._video_group(video_id).attrs.asdict()
@@ -266,7 +375,7 @@ class Store:
         """Write a stage's record (only after all its arrays are complete, for ``complete``)."""
         if stage not in STAGES:
             raise ValueError(f"stage: expected one of {STAGES}, got {stage!r}")
-        if status not in ("complete", "failed"):
+        if status not in ("complete", "failed"):  # ``damaged`` is set by mark_damaged only
             raise ValueError(f"status: expected 'complete' or 'failed', got {status!r}")
         params = dict(parameters or {})
         rec: dict[str, Any] = {
@@ -288,6 +397,36 @@ class Store:
         grp.attrs["stages"] = stages
         return stages[stage]
 
+    def mark_damaged(self, video_id: str, damage: Mapping[str, Mapping[str, Any]], checked: list[str]) -> None:
+        """Record what :mod:`storage.verify` found in the stages ``checked``: each stage of ``damage``
+        (``{stage: {array: {"chunks": [...], "problem": str}}}``) gets status ``damaged`` with
+        ``damage`` and ``damaged_at`` (its other keys kept), so that a rerun recomputes it; a checked
+        ``damaged`` stage found intact becomes ``complete`` again. One attribute write, only on change."""
+        grp = self._video_group(video_id)
+        recs = dict(grp.attrs.get("stages", {}) or {})
+        new = {}
+        for stage, rec in recs.items():
+            rec = dict(rec)
+            if stage not in checked:
+                pass
+            elif stage in damage:
+                found = json.loads(json.dumps(dict(damage[stage]), default=str))
+                if rec.get("status") != "damaged" or rec.get("damage") != found:
+                    rec.update(status="damaged", damage=found, damaged_at=_now())
+            elif rec.get("status") == "damaged":
+                rec["status"] = "complete"
+                rec.pop("damage", None)
+                rec.pop("damaged_at", None)
+            new[stage] = rec
+        if new != recs:
+            grp.attrs["stages"] = new
+
+    def clear_window_marks(self, video_id: str, windows: list[int]) -> None:
+        """Set ``windows/done`` to 0 for ``windows`` (damaged ones): the next windows stage predicts them again."""
+        done = self._array(self._video_group(video_id)["windows"], "done", f"{video_id}/windows")
+        for g in windows:
+            done[int(g)] = 0
+
     def clear_stages(self, video_id: str, stages: list[str]) -> None:
         """Forget the records of ``stages`` (e.g. downstream stages when an upstream stage reruns)."""
         grp = self._video_group(video_id)
@@ -302,19 +441,100 @@ class Store:
         grp = self._video_group(video_id)
         if create:
             info = self.video_info(video_id)
-            return grp.create_array(
-                "frames",
-                shape=(info.n_frames, info.height, info.width, 3),
-                chunks=(1, info.height, info.width, 3),
-                dtype="uint8",
-                compressors=_COMPRESSOR,
-                fill_value=0,
-                overwrite=True,
-            )
+            return _create(grp, "frames", (info.n_frames, info.height, info.width, 3), "uint8", _FRAME_CODECS)
         return self._array(grp, "frames", video_id)
 
     def read_frames(self, video_id: str) -> np.ndarray:
-        return np.asarray(self.frames_array(video_id)[:])
+        """All frames (T, H, W, 3) uint8; a missing or damaged chunk raises :class:`StoreError`."""
+        return self._read_whole(self.frames_array(video_id), f"videos/{video_id}/frames")
+
+    # A streaming decode writes ``videos/<id>/frames.partial`` block by block; only
+    # :meth:`commit_frames` makes it ``frames``, so a decode that fails partway leaves the previous
+    # frames and stage records as they were (after :meth:`discard_frames`).
+    _STAGED = "frames.partial"
+    #: Attribute of a video group created only to hold a decode in progress (removed on discard).
+    _STAGING_MARK = "decoding"
+
+    def write_frames(self, video_id: str, start: int, block: np.ndarray, *, source: str = "", fps: float = 0.0,
+                     capacity: int = 0) -> None:
+        """Write frames ``start … start + len(block) − 1`` of a decode in progress (staged, not yet ``frames``).
+
+        At ``start`` 0 the staging array is created (replacing any leftover), with room for
+        ``capacity`` frames, and so is the video's group if it is new (``source``, ``fps`` go to its
+        attributes); it grows as blocks arrive, since a video's frame count is known only at its end.
+        """
+        block = np.asarray(block, dtype=np.uint8)
+        n, H, W = block.shape[:3]
+        if start == 0:
+            if not self.has_video(video_id):
+                self.ensure_video(VideoInfo(video_id, source, 0, H, W, fps))
+                self._video_group(video_id).attrs[self._STAGING_MARK] = True
+            arr = self._create_frames(self._video_group(video_id), self._STAGED, max(capacity, n), H, W)
+        else:
+            arr = self._array(self._video_group(video_id), self._STAGED, video_id)
+        if arr.shape[1:3] != (H, W):
+            raise ValueError(f"frames: block of {H}×{W} frames, the decode in progress has {arr.shape[1]}×{arr.shape[2]}")
+        if arr.shape[0] < start + n:
+            arr.resize((max(2 * arr.shape[0], start + n), H, W, 3))
+        arr[start : start + n] = block
+
+    def _create_frames(self, grp: zarr.Group, name: str, n_frames: int, height: int, width: int) -> zarr.Array:
+        """A frames array of the layout of docs/store.md (uint8, one chunk per frame)."""
+        return _create(grp, name, (n_frames, height, width, 3), "uint8", _FRAME_CODECS)
+
+    def commit_frames(self, info: VideoInfo, clear: list[str]) -> None:
+        """Make the staged frames (:meth:`write_frames`) the video's ``frames``: ``info.n_frames`` of them.
+
+        A video stored with another shape (or created for this decode) is recomputed from scratch:
+        its other arrays are removed and its attributes rewritten from ``info``. Otherwise the
+        records of ``clear`` are forgotten and only ``frames`` is replaced.
+        """
+        grp = self._video_group(info.video_id)
+        staged = self._array(grp, self._STAGED, info.video_id)
+        if staged.shape[0] < info.n_frames:
+            raise StoreError(f"{self.location}: video {info.video_id}: {staged.shape[0]} frames staged, "
+                             f"committing {info.n_frames}")
+        staged.resize((info.n_frames, info.height, info.width, 3))
+        attrs = grp.attrs.asdict()
+        shape = (attrs.get("n_frames"), attrs.get("height"), attrs.get("width"))
+        if attrs.get(self._STAGING_MARK) or shape != (info.n_frames, info.height, info.width):
+            grp.attrs.put({"source": info.source, "n_frames": info.n_frames, "height": info.height,
+                           "width": info.width, "fps": info.fps, "stages": {}})
+            for name in [k for k, _ in grp.members() if k != self._STAGED]:
+                del grp[name]
+        else:
+            self.clear_stages(info.video_id, clear)
+            if "frames" in grp:
+                del grp["frames"]
+        self._move_node(f"videos/{info.video_id}/{self._STAGED}", f"videos/{info.video_id}/frames")
+
+    def discard_frames(self, video_id: str) -> None:
+        """Remove a decode in progress: the staging array, and the video's group if it was made for it."""
+        if not self.has_video(video_id):
+            return
+        grp = self._video_group(video_id)
+        if grp.attrs.get(self._STAGING_MARK):
+            self.delete_video(video_id)
+        elif self._STAGED in grp:
+            del grp[self._STAGED]
+
+    def _move_node(self, src: str, dst: str) -> None:
+        """Rename an array (``src`` → ``dst``, which must not exist): a directory rename on a local
+        store; elsewhere its keys are copied one by one, then removed."""
+        from zarr.core.buffer import default_buffer_prototype
+
+        store = self.root.store
+        if isinstance(store, zarr.storage.LocalStore):
+            os.replace(Path(store.root) / src, Path(store.root) / dst)
+            return
+
+        async def copy() -> None:
+            keys = [k async for k in store.list_prefix(f"{src}/")]
+            for key in sorted(keys, key=lambda k: k.endswith("zarr.json")):  # metadata last
+                await store.set(dst + key[len(src):], await store.get(key, prototype=default_buffer_prototype()))
+            await store.delete_dir(src)
+
+        sync(copy())
 
     # ---- windows ---------------------------------------------------------------------------------
     def prepare_windows(
@@ -337,7 +557,7 @@ class Store:
                 a.get("starts") == starts
                 and int(a.get("window_size", -1)) == window_size
                 and a.get("fingerprint") == fingerprint
-                and "done" in wg
+                and all(n in wg for n in (*MODALITIES, "done"))
             )
             if same:
                 return np.asarray(wg["done"][:]).astype(bool)
@@ -351,16 +571,8 @@ class Store:
             "disparity": (G, V, H, W),
         }
         for name, shape in shapes.items():
-            wg.create_array(
-                name,
-                shape=shape,
-                chunks=(1,) + shape[1:],
-                dtype="float32",
-                compressors=_COMPRESSOR,
-                fill_value=0.0,
-                overwrite=True,
-            )
-        wg.create_array("done", shape=(G,), chunks=(1,), dtype="uint8", fill_value=0, overwrite=True)
+            _create(wg, name, shape, "float32", _FLOAT_CODECS, {"mantissa_bits": WINDOW_MANTISSA_BITS})
+        _create(wg, "done", (G,), "uint8", _FRAME_CODECS)
         wg.attrs.update(
             {"starts": starts, "window_size": window_size, "stride": stride, "predictor": predictor,
              "fingerprint": fingerprint, "parameters": dict(parameters or {})}
@@ -379,11 +591,12 @@ class Store:
                 "done": int(np.asarray(wg["done"][:]).sum())}
 
     def write_window(self, video_id: str, g: int, prediction: WindowPrediction) -> None:
-        """Store window ``g``'s modalities, then mark it done (the marker is written last)."""
+        """Store window ``g``'s modalities (rounded to :data:`WINDOW_MANTISSA_BITS`), then mark it done
+        (the marker is written last)."""
         wg = self._video_group(video_id)["windows"]
         for name, arr in prediction.as_dict().items():
-            wg[name][g] = np.asarray(arr, dtype=np.float32)
-        wg["done"][g] = 1
+            self._array(wg, name, f"{video_id}/windows")[g] = round_mantissa(np.asarray(arr, dtype=np.float32))
+        self._array(wg, "done", f"{video_id}/windows")[g] = 1
 
     def windows(self, video_id: str) -> tuple[dict[str, zarr.Array], list[int], int]:
         """The stored windows: ``({modality: zarr.Array (G,…)}, starts, window_size)``.
@@ -413,6 +626,8 @@ class Store:
                 raise StoreError(
                     f"{self.location}: video {video_id}: windows {np.flatnonzero(~done).tolist()[:8]} are incomplete"
                 )
+        for name, arr in arrays.items():  # fusion never reads fill values in place of lost chunks
+            self._require_chunks(arr, f"videos/{video_id}/windows/{name}")
         return arrays, starts, V
 
     # ---- fused -----------------------------------------------------------------------------------
@@ -428,11 +643,7 @@ class Store:
             arr = np.asarray(arrays[name], dtype=np.float32)
             if arr.shape[0] != info.n_frames:
                 raise ValueError(f"fused/{name}: expected {info.n_frames} frames, got shape {arr.shape}")
-            a = fg.create_array(
-                name, shape=arr.shape, chunks=(1,) + arr.shape[1:], dtype="float32",
-                compressors=_COMPRESSOR, fill_value=0.0, overwrite=True,
-            )
-            a[:] = arr
+            _create(fg, name, arr.shape, "float32", _FLOAT_CODECS)[:] = arr
         if diagnostics:
             fg.attrs.update(json.loads(json.dumps({"diagnostics": dict(diagnostics)}, default=str)))
 
@@ -442,7 +653,8 @@ class Store:
         if "fused" not in grp:
             raise StoreError(f"{self.location}: video {video_id} has no fused group (run the fuse stage first)")
         fg = grp["fused"]
-        a = {name: np.asarray(self._array(fg, name, f"{video_id}/fused")[:]) for name in FUSED_ARRAYS}
+        a = {name: self._read_whole(self._array(fg, name, f"{video_id}/fused"), f"videos/{video_id}/fused/{name}")
+             for name in FUSED_ARRAYS}
         return Geometry(a["depth"], a["confidence"] > 0, a["intrinsics"], a[_POSE_KEY], points=a["points"],
                         confidence=a["confidence"], meta=fg.attrs.asdict())
 
@@ -453,7 +665,32 @@ class Store:
         arr = grp[name]
         if not isinstance(arr, zarr.Array):
             raise StoreError(f"{self.location}: {where}/{name} is a group, expected an array")
-        return arr
+        return arr.with_config(_ARRAY_CONFIG)  # writes through it keep every chunk (docs/store.md)
+
+    def _require_chunks(self, arr: zarr.Array, where: str) -> None:
+        """Refuse an array written with every chunk (format 2) that lacks some: never read fill values."""
+        if not every_chunk_written(arr):
+            return
+        missing = missing_chunks(arr)
+        if missing:
+            raise StoreError(f"{self.location}: {where}: {len(missing)} chunk(s) missing, first {list(missing[0])} "
+                             "(damaged: `geo4d verify` records it, a rerun repairs it)")
+
+    def _read_whole(self, arr: zarr.Array, where: str) -> np.ndarray:
+        """The whole array, refusing missing chunks (format 2) and undecodable or mis-checksummed ones."""
+        self._require_chunks(arr, where)
+        try:
+            return np.asarray(arr[:])
+        except OSError:
+            raise  # storage errors (lost connections, …) stay what they are: retried, not damage
+        except Exception as exc:  # codec errors: checksum mismatch, truncated compressed data, …
+            raise StoreError(f"{self.location}: {where}: unreadable chunk ({_first_line(exc)}; "
+                             "damaged: `geo4d verify` records it, a rerun repairs it)") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _fused_arrays(geometry: Geometry) -> dict[str, np.ndarray]:

@@ -17,35 +17,44 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from geo4d.errors import Geo4DError, SettingsChangedError
+from geo4d.errors import Geo4DError, LeaseHeldError, LeaseLostError, SettingsChangedError
 from geo4d.fusion import FusionConfig
 from pipeline import stages
 from pipeline.predictors import PredictorSpec, predictor_image_size
-from storage.store import Store, video_id_for
+from storage.store import Store
 from tasks.cluster import sampling_slot, worker_identity
-from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger
+from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger, video_lease
 
-__all__ = ["new_summary", "decode_video_task", "sample_windows_task", "fuse_video_task", "evaluate_video_task"]
+__all__ = ["new_summary", "rejected_summary", "decode_video_task", "sample_windows_task", "fuse_video_task", "evaluate_video_task"]
 
 
 def new_summary(source: dict) -> dict:
-    """The summary an archive video starts with (``source``: a :class:`storage.sources.Source` as dict)."""
-    path = source["path"]
-    p = Path(path)
-    vid = source.get("video_id") or (video_id_for(p) if p.is_file() else f"{p.stem or 'video'}-missing")
-    return {"video_id": vid, "source": path, "status": "complete", "failed_stage": None, "error": None,
-            "windows_predicted": 0, "network_load": None, "seconds": {}, "task_seconds": 0.0, "workers": {}}
+    """The summary an archive video starts with (``source``: a planned :class:`storage.sources.VideoSource`
+    as dict, its ``video_id`` set)."""
+    return {"video_id": source["video_id"], "source": source["path"], "also": list(source.get("also") or ()),
+            "status": "complete", "failed_stage": None, "error": None, "windows_predicted": 0,
+            "network_load": None, "seconds": {}, "task_seconds": 0.0, "workers": {}}
 
 
-def _run_stage(summary: dict, stage: str, store: Store, work: Callable[[], stages.StageResult]) -> dict:
-    """Run one stage of a video unless an earlier one failed; record a permanent failure."""
+def rejected_summary(row: dict) -> dict:
+    """The summary of a source row rejected before the run (nothing written for it)."""
+    out = new_summary({"video_id": row["video_id"] or "?", "path": row["path"]})
+    out.update(status="failed", failed_stage="sources", error=row["reason"])
+    return out
+
+
+def _run_stage(summary: dict, stage: str, store: Store, work: Callable[..., stages.StageResult],
+               storage_options: dict | None = None) -> dict:
+    """Run one stage of a video under its lease unless an earlier one failed; record a permanent
+    failure. A video another writer holds is skipped with who holds it (nothing written)."""
     if summary["status"] != "complete":
         return summary
     summary = dict(summary, seconds=dict(summary["seconds"]), workers=dict(summary["workers"]))
     summary["workers"][stage] = worker_identity()
     t0 = time.perf_counter()
     try:
-        result = work()
+        with video_lease(store.location, summary["video_id"], storage_options) as lease:
+            result = work(lease)
         summary["seconds"][stage] = result.seconds
         summary.setdefault("details", {})[stage] = result.details
     except Geo4DError as exc:
@@ -56,8 +65,8 @@ def _run_stage(summary: dict, stage: str, store: Store, work: Callable[[], stage
 
 def _record_failure(store: Store, summary: dict, stage: str, exc: Geo4DError) -> None:
     msg, vid, path, run_id = str(exc), summary["video_id"], summary["source"], _run_id()
-    if isinstance(exc, SettingsChangedError):
-        pass  # the finished stage stays as it is
+    if isinstance(exc, SettingsChangedError | LeaseHeldError | LeaseLostError):
+        pass  # the finished stage stays as it is / another writer has the video
     elif stage == "decode":
         p = Path(path)
         store.record_unreadable_video(vid, str(p.resolve()) if p.exists() else path, msg, run_id=run_id)
@@ -76,9 +85,12 @@ def decode_video_task(source: dict, store: str, predictor: PredictorSpec, storag
                       overwrite: bool = False) -> dict:
     """Decode one video of the archive at the size the predictor wants."""
     st, summary = open_store(store, storage_options), new_summary(source)
-    return _run_stage(summary, "decode", st, lambda: stages.decode_stage(
+    out = _run_stage(summary, "decode", st, lambda lease: stages.decode_stage(
         st, summary["source"], video_id=summary["video_id"], size=predictor_image_size(predictor),
-        run_id=_run_id(), overwrite=overwrite))
+        run_id=_run_id(), overwrite=overwrite), storage_options)
+    if out["status"] == "complete" and out["also"]:
+        st.record_source_paths(out["video_id"], [out["source"], *out["also"]])
+    return out
 
 
 @task(name="sample-windows", **STAGE_TASK_OPTIONS)
@@ -91,12 +103,12 @@ def sample_windows_task(summary: dict, store: str, predictor: PredictorSpec, sto
     """
     st, logger = open_store(store, storage_options), get_run_logger()
 
-    def work() -> stages.StageResult:
+    def work(lease) -> stages.StageResult:
         with sampling_slot(bound):
             return stages.windows_stage(st, summary["video_id"], predictor, run_id=_run_id(),
-                                        progress=progress_logger(logger), overwrite=overwrite)
+                                        progress=progress_logger(logger), overwrite=overwrite, lease=lease)
 
-    out = _run_stage(summary, "windows", st, work)
+    out = _run_stage(summary, "windows", st, work, storage_options)
     details = out.get("details", {}).get("windows") or {}
     out["windows_predicted"] = int(details.get("predicted") or 0)
     out["network_load"] = details.get("network_load")
@@ -107,15 +119,15 @@ def sample_windows_task(summary: dict, store: str, predictor: PredictorSpec, sto
 def fuse_video_task(summary: dict, store: str, fusion: FusionConfig | None = None,
                     storage_options: dict | None = None, overwrite: bool = False) -> dict:
     st = open_store(store, storage_options)
-    return _run_stage(summary, "fuse", st, lambda: stages.fuse_stage(
-        st, summary["video_id"], fusion=fusion, run_id=_run_id(), overwrite=overwrite))
+    return _run_stage(summary, "fuse", st, lambda lease: stages.fuse_stage(
+        st, summary["video_id"], fusion=fusion, run_id=_run_id(), overwrite=overwrite), storage_options)
 
 
 @task(name="evaluate", **STAGE_TASK_OPTIONS)
 def evaluate_video_task(summary: dict, store: str, storage_options: dict | None = None,
                         overwrite: bool = False) -> dict:
     st = open_store(store, storage_options)
-    out = _run_stage(summary, "evaluate", st, lambda: stages.evaluate_stage(
-        st, summary["video_id"], run_id=_run_id(), overwrite=overwrite))
+    out = _run_stage(summary, "evaluate", st, lambda lease: stages.evaluate_stage(
+        st, summary["video_id"], run_id=_run_id(), overwrite=overwrite), storage_options)
     out["metrics"] = (out.get("details", {}).get("evaluate") or {}).get("metrics")
     return out

@@ -8,6 +8,9 @@ import os
 from geo4d.errors import Geo4DError
 
 
+_PERMANENT_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM)
+
+
 def is_transient(exc: BaseException | None) -> bool:
     """Faults worth retrying: I/O errors (except missing files), lost connections, CUDA OOM, lost workers.
 
@@ -19,7 +22,8 @@ def is_transient(exc: BaseException | None) -> bool:
     if isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError | PermissionError):
         return False
     if isinstance(exc, OSError | ConnectionError | TimeoutError):
-        return exc.errno not in (errno.ENOSPC,) if isinstance(exc, OSError) else True
+        # a full disk, a read-only store or a quota will not heal by retrying in 2 s
+        return exc.errno not in _PERMANENT_ERRNOS if isinstance(exc, OSError) else True
     text = f"{type(exc).__name__}: {exc}"
     return any(s in text for s in ("CUDA out of memory", "OutOfMemoryError", "KilledWorker", "CommClosedError"))
 
@@ -32,13 +36,15 @@ def retry_transient(task, task_run, state) -> bool:  # Prefect's retry_condition
 def progress_logger(logger, every: int = 1):
     """A ``progress(done, total, message)`` callable that logs through a Prefect run logger."""
 
-    console = os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1"  # set by the `geo4d` CLI
-
     def progress(done: int, total: int, message: str = "") -> None:
+        console = os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1"  # set by the `geo4d` CLI
         if total and (done % every == 0 or done == total):
             logger.info("%s/%s %s", done, total, message)
             if console:
-                print(f"  {done}/{total} {message}", flush=True)
+                try:
+                    print(f"  {done}/{total} {message}", flush=True)
+                except BrokenPipeError:  # the terminal's reader is gone (`| head`): keep working silently
+                    os.environ["GEO4D_CONSOLE_PROGRESS"] = "0"
 
     return progress
 
@@ -72,3 +78,31 @@ def report_stage(result) -> dict:
     else:
         logger.info("%s: %s done in %.2f s", result.video_id, result.stage, result.seconds)
     return asdict(result)
+
+
+def video_lease(store: str, video_id: str, storage_options: dict | None = None, wait: float | None = 0.0):
+    """The video's lease (:class:`storage.leases.VideoLease`) for this flow run, taken on entering:
+    ``wait`` seconds for another holder (None: as long as it takes, saying once who holds it)."""
+    from contextlib import contextmanager
+
+    from prefect.runtime import flow_run
+
+    from storage.leases import VideoLease
+
+    @contextmanager
+    def held():
+        lease = VideoLease(store, video_id, run_id=str(flow_run.id) if flow_run.id else None,
+                           storage_options=storage_options)
+
+        def waiting(holder) -> None:
+            line = f"video {video_id} is being written by {holder.describe()}: waiting for it"
+            if os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1":
+                print(f"  {line}", flush=True)
+
+        lease.acquire(wait=wait, on_wait=waiting)
+        try:
+            yield lease
+        finally:
+            lease.release()
+
+    return held()

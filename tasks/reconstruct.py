@@ -1,6 +1,13 @@
-"""Prefect tasks of the per-video reconstruction: thin wrappers of :mod:`pipeline.stages`."""
+"""Prefect tasks of the per-video reconstruction: thin wrappers of :mod:`pipeline.stages`.
+
+Each stage runs under the video's lease (:func:`tasks.common.video_lease`): a second ``geo4d
+reconstruct`` of the same video waits (``lease_wait`` seconds, None: as long as it takes) and then
+finds the stage done instead of doing it again.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
@@ -9,38 +16,50 @@ from geo4d.fusion import FusionConfig
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE
 from pipeline import stages
 from pipeline.predictors import PredictorSpec
-from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger, report_stage
+from storage.store import video_id_for
+from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger, report_stage, video_lease
 
 
 @task(name="decode", **STAGE_TASK_OPTIONS)
 def decode_task(video: str, store: str, video_id: str | None = None, size: tuple[int, int] | None = None,
-                frame_stride: int = 1, storage_options: dict | None = None, overwrite: bool = False) -> dict:
-    res = stages.decode_stage(open_store(store, storage_options), video, video_id=video_id, size=size,
-                              frame_stride=frame_stride, run_id=str(flow_run.id),
-                              progress=progress_logger(get_run_logger(), every=64), overwrite=overwrite)
+                frame_stride: int = 1, storage_options: dict | None = None, overwrite: bool = False,
+                lease_wait: float | None = None) -> dict:
+    if not Path(video).is_file():  # the stage says what is wrong with it, before any lease
+        video_id = video_id or "unreadable"
+    vid = video_id or video_id_for(video)
+    st = open_store(store, storage_options)  # the store exists before its leases do
+    with video_lease(store, vid, storage_options, lease_wait):
+        res = stages.decode_stage(st, video, video_id=vid, size=size,
+                                  frame_stride=frame_stride, run_id=str(flow_run.id),
+                                  progress=progress_logger(get_run_logger(), every=64), overwrite=overwrite)
     return report_stage(res)
 
 
 @task(name="sample-windows", **STAGE_TASK_OPTIONS)
 def windows_task(store: str, video_id: str, predictor: PredictorSpec, window_size: int = WINDOW_SIZE,
-                 stride: int = WINDOW_STRIDE, storage_options: dict | None = None, overwrite: bool = False) -> dict:
-    res = stages.windows_stage(open_store(store, storage_options), video_id, predictor, window_size=window_size,
-                               stride=stride, run_id=str(flow_run.id), progress=progress_logger(get_run_logger()),
-                               overwrite=overwrite)
+                 stride: int = WINDOW_STRIDE, storage_options: dict | None = None, overwrite: bool = False,
+                 lease_wait: float | None = None) -> dict:
+    with video_lease(store, video_id, storage_options, lease_wait) as lease:
+        res = stages.windows_stage(open_store(store, storage_options), video_id, predictor, window_size=window_size,
+                                   stride=stride, run_id=str(flow_run.id), progress=progress_logger(get_run_logger()),
+                                   overwrite=overwrite, lease=lease)
     return report_stage(res)
 
 
 @task(name="fuse", **STAGE_TASK_OPTIONS)
 def fuse_task(store: str, video_id: str, fusion: FusionConfig | None = None,
-              storage_options: dict | None = None, overwrite: bool = False) -> dict:
-    res = stages.fuse_stage(open_store(store, storage_options), video_id, fusion=fusion, run_id=str(flow_run.id),
-                            progress=progress_logger(get_run_logger(), every=5), overwrite=overwrite)
+              storage_options: dict | None = None, overwrite: bool = False, lease_wait: float | None = None) -> dict:
+    with video_lease(store, video_id, storage_options, lease_wait):
+        res = stages.fuse_stage(open_store(store, storage_options), video_id, fusion=fusion, run_id=str(flow_run.id),
+                                progress=progress_logger(get_run_logger(), every=5), overwrite=overwrite)
     return report_stage(res)
 
 
 @task(name="evaluate", **STAGE_TASK_OPTIONS)
 def evaluate_task(store: str, video_id: str, ground_truth: str | None = None,
-                  storage_options: dict | None = None, overwrite: bool = False) -> dict:
-    res = stages.evaluate_stage(open_store(store, storage_options), video_id, ground_truth=ground_truth,
-                                run_id=str(flow_run.id), overwrite=overwrite)
+                  storage_options: dict | None = None, overwrite: bool = False,
+                  lease_wait: float | None = None) -> dict:
+    with video_lease(store, video_id, storage_options, lease_wait):
+        res = stages.evaluate_stage(open_store(store, storage_options), video_id, ground_truth=ground_truth,
+                                    run_id=str(flow_run.id), overwrite=overwrite)
     return report_stage(res)

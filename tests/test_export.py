@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -66,3 +68,37 @@ def test_export_unknown_video_is_a_one_line_error(store, tmp_path, capsys):
     assert main(["export", store.location, str(tmp_path / "ds"), "--videos", "nope"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "'nope'" in err and len(err.splitlines()) == 1
+
+
+def test_damaged_videos_are_skipped_with_their_reason_never_exported(store, tmp_path, capsys):
+    """A lost fused/depth chunk (read back as zeros before) and a truncated frames chunk (a Blosc
+    traceback before): both videos are skipped with their reason, exit 1, the index is written."""
+    import shutil
+
+    from storage.store import Store
+
+    path = tmp_path / "s.zarr"
+    shutil.copytree(store.location, path)
+    s = Store(path, mode="r")
+    depth = s.video_array("v1", "fused/depth")
+    (path / "videos/v1/fused/depth" / depth.metadata.encode_chunk_key((4, 0, 0))).unlink()
+    frames = s.video_array("v0", "frames")
+    chunk = path / "videos/v0/frames" / frames.metadata.encode_chunk_key((2, 0, 0, 0))
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    out = tmp_path / "ds"
+    assert main(["export", str(path), str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "skip v1: damaged, not exported: fused/depth chunk 4: missing" in printed
+    assert "skip v0: damaged, not exported: frames chunk 2: checksum mismatch" in printed
+    assert "SKIPPED v1" in printed and "2 damaged video(s) skipped" in printed
+    rows = {r["video_id"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert sorted(rows) == ["v0", "v1"]
+    assert all(r["zarr_path"] is None and r["skipped"].startswith("damaged: ") for r in rows.values())
+    assert not list((out / "videos").iterdir()), "nothing of a damaged video is written"
+    # Once repaired (here: the chunks restored), the same command exports both.
+    shutil.copy(Path(store.location) / "videos/v0/frames" / chunk.relative_to(path / "videos/v0/frames"), chunk)
+    shutil.copy(Path(store.location) / "videos/v1/fused/depth" / depth.metadata.encode_chunk_key((4, 0, 0)),
+                path / "videos/v1/fused/depth" / depth.metadata.encode_chunk_key((4, 0, 0)))
+    assert main(["export", str(path), str(out)]) == 0
+    rows = {r["video_id"]: r for r in pq.read_table(out / "index.parquet").to_pylist()}
+    assert all(r["skipped"] is None and r["zarr_path"] for r in rows.values())

@@ -85,4 +85,6 @@ def test_network_predictor_with_official_postprocessing_writes_a_store(reference
     for g, p in out.items():
         store.write_window("v", g, p)
     arrays, starts, _ = store.windows("v")
-    assert np.allclose(arrays["pointmap"][1], w.pointmap)
+    from storage.store import round_mantissa
+
+    assert np.array_equal(arrays["pointmap"][1], round_mantissa(w.pointmap))  # stored at the store's precision

@@ -160,3 +160,71 @@ def test_fuse_command_on_a_store_written_by_another_tool(scene, tmp_path, capsys
 
     pm = pose_metrics(fused.world_from_cam, gt.world_from_cam)
     assert pm["ate_rel"] < 0.01, pm
+
+
+def test_streamed_decode_stores_exactly_the_in_memory_decode(scene, tmp_path):
+    from pipeline.stages import decode_stage
+    from test_video import _reference_decode
+
+    store = Store(tmp_path / "s.zarr")
+    for size, stride in (((32, 48), 1), (None, 2)):
+        res = decode_stage(store, str(scene), size=size, frame_stride=stride, min_frames=8, overwrite=True)
+        ref = _reference_decode(scene, size, stride)
+        assert np.array_equal(store.read_frames(res.video_id), ref)
+        info = store.video_info(res.video_id)
+        assert (info.n_frames, info.height, info.width) == ref.shape[:3] and store.is_complete(res.video_id, "decode")
+        assert sorted(k for k, _ in store.root[f"videos/{res.video_id}"].members()) == ["frames"]
+
+
+def test_video_truncated_partway_leaves_the_store_as_it_was(tmp_path):
+    from geo4d.errors import InputError
+    from pipeline.stages import decode_stage
+    from test_video import write_faststart_video
+
+    full = write_faststart_video(tmp_path / "full.mp4", 64)
+    cut = write_faststart_video(tmp_path / "full.mp4", 64, truncate_to=0.6)
+    path = tmp_path / "s.zarr"
+    store = Store(path)
+    before = _tree_digest(path)
+    with pytest.raises(InputError, match=r"cut\.mp4: .*truncated or corrupt"):
+        decode_stage(store, str(cut))  # a new video: frames were staged before the break
+    assert _tree_digest(path) == before and store.video_ids() == []
+    res = decode_stage(store, str(full), video_id="clip")
+    done = _tree_digest(path)
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        decode_stage(store, str(cut), video_id="clip", overwrite=True)  # replacing a complete decode
+    assert _tree_digest(path) == done
+    assert store.stage_record("clip", "decode")["fingerprint"] == res.fingerprint
+    assert store.read_frames("clip").shape == (64, 48, 64, 3)
+
+
+def _decode_peak_bytes(video: Path, store: Store) -> int:
+    import tracemalloc
+
+    from pipeline.stages import decode_stage
+
+    tracemalloc.start()
+    try:
+        decode_stage(store, str(video))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_decode_peak_memory_does_not_grow_with_the_video_length(tmp_path):
+    from geo4d.synthetic import write_video
+
+    h, w = 96, 128
+    yy, xx = np.mgrid[0:h, 0:w]
+    videos = {}
+    for n in (40, 160):
+        frames = np.stack([np.stack([(xx + 3 * t) % 256, (yy + t) % 256, (xx + yy) % 256], -1) for t in range(n)])
+        videos[n] = write_video(tmp_path / f"v{n}.mp4", frames.astype(np.uint8), fps=10)
+    _decode_peak_bytes(videos[40], Store(tmp_path / "warm.zarr"))  # imports and caches, not counted
+    # Zarr encodes a block's chunks on threads, so a peak varies from run to run: the least of two.
+    peak = {n: min(_decode_peak_bytes(v, Store(tmp_path / f"s{n}-{k}.zarr")) for k in range(2))
+            for n, v in videos.items()}
+    frame_bytes = h * w * 3
+    # The in-memory decode held every frame, twice while stacking: > 320 frames for 160 here.
+    assert peak[160] < 100 * frame_bytes, {n: p / frame_bytes for n, p in peak.items()}
+    assert peak[160] / peak[40] < 2, {n: p / frame_bytes for n, p in peak.items()}  # length ratio 4

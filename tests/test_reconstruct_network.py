@@ -45,7 +45,8 @@ def test_reconstruct_with_the_network_predictor(reference_dir, tmp_path, capsys,
     assert rec["parameters"]["predictor"]["fs"] == 10 and rec["parameters"]["predictor"]["autocast"] == "off"
     arrays, starts, V = s.windows(vid)
     assert starts == [0, 4] and V == 16
-    assert np.allclose(np.linalg.norm(arrays["ray_dir"][1], axis=-1), 1, atol=1e-4)
+    # unit directions, within the store's precision (8 mantissa bits: relative change ≤ 2^-9 per value)
+    assert np.allclose(np.linalg.norm(arrays["ray_dir"][1], axis=-1), 1, atol=2 ** -8)
     assert (arrays["pointmap_conf"][:] >= 0).all()
     fused = s.read_fused(vid)
     assert fused.depth.shape == (20, 32, 48) and np.allclose(fused.world_from_cam[0], np.eye(4), atol=1e-5)

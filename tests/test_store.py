@@ -126,3 +126,149 @@ def test_fused_roundtrip_and_shape_check(tmp_path):
                      points=fused.points[:2], confidence=conf[:2])
     with pytest.raises(ValueError, match="expected 3 frames"):
         s.write_fused("v1", short)
+
+
+# ---- format 2: checksums, every chunk written, compact windows; format 1 still read ------------------
+def _synthetic_video(d, name="v", n_frames=40, height=160, width=256, seed=0):
+    from geo4d.synthetic import make_scene, render, write_video
+    from storage.ground_truth import write_ground_truth
+
+    r = render(make_scene(seed=seed, n_frames=n_frames, height=height, width=width))
+    write_video(d / f"{name}.mp4", r.frames, fps=10)
+    write_ground_truth(d / f"{name}.gt", r.geometry)
+    return d / f"{name}.mp4", r
+
+
+def test_every_array_is_checksummed_and_writes_its_empty_chunks(tmp_path):
+    from zarr.codecs import Crc32cCodec
+
+    from storage.store import STORE_VERSION, missing_chunks
+
+    s = Store(tmp_path / "s.zarr")
+    assert STORE_VERSION == 2 and s.root.attrs["geo4d_store"]["version"] == 2
+    s.ensure_video(_info(T=3))
+    s.prepare_windows("v1", [0], 16, 4, "p", "fp")
+    s.write_window("v1", 0, _zero_pred())  # a window of zeros: every chunk equals the fill value
+    conf = np.zeros((3, 4, 6))  # all-zero frames: chunks equal to the fill value
+    s.write_fused("v1", Geometry(np.zeros((3, 4, 6)), conf > 0, np.tile(np.eye(3), (3, 1, 1)),
+                                 np.tile(np.eye(4), (3, 1, 1)), points=np.zeros((3, 4, 6, 3)), confidence=conf))
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    paths = [f"videos/v1/windows/{n}" for n in ("pointmap", "pointmap_conf", "ray_dir", "ray_moment", "disparity", "done")]
+    paths += [f"videos/v1/fused/{n}" for n in ("depth", "confidence", "intrinsics", "cam_to_world", "points")]
+    for p in paths:
+        arr = root[p]
+        assert isinstance(arr.metadata.codecs[-1], Crc32cCodec), p
+        assert missing_chunks(arr) == [], f"{p}: a fill-value chunk was not written"
+
+
+def _zero_pred(V=16, H=4, W=6):
+    z3, z = np.zeros((V, H, W, 3), np.float32), np.zeros((V, H, W), np.float32)
+    return WindowPrediction(pointmap=z3, pointmap_conf=z, ray_dir=z3, ray_moment=z3, disparity=z)
+
+
+def test_window_modalities_are_compact_and_clean_input_still_fuses_accurately(tmp_path):
+    from zarr.codecs import BloscCodec
+
+    from geo4d.synthetic_predictor import SyntheticPredictor
+    from pipeline import stages
+    from storage.ground_truth import read_ground_truth
+    from storage.store import WINDOW_MANTISSA_BITS
+
+    video, _ = _synthetic_video(tmp_path)
+    s = Store(tmp_path / "s.zarr")
+    vid = stages.decode_stage(s, str(video), video_id="v").video_id
+    stages.windows_stage(s, vid, {"kind": "synthetic"})
+    stages.fuse_stage(s, vid)
+    m = stages.evaluate_stage(s, vid).details["metrics"]
+    assert m["ate_rel"] < 1e-3 and m["abs_rel"] < 5e-3, m  # ATE < 0.1 % of the path
+    arrays, starts, _ = s.windows(vid)
+    # Stored: plain float32 with the low mantissa bits zero, at most a quarter of format 1's bytes.
+    pred = SyntheticPredictor(read_ground_truth(video.with_suffix(".gt")), seed=0)
+    frames = s.read_frames(vid)
+    old = zarr.open_group(str(tmp_path / "format1.zarr"), mode="w", zarr_format=3)
+    new_bytes = old_bytes = 0
+    for name, arr in arrays.items():
+        stored = np.asarray(arr[:])
+        assert stored.dtype == np.float32
+        assert not (stored.view(np.uint32) & np.uint32((1 << (23 - WINDOW_MANTISSA_BITS)) - 1)).any(), name
+        exact = np.stack([getattr(pred.predict_window(frames[st:st + 16], st), name) for st in starts]).astype(np.float32)
+        assert np.allclose(stored, exact, rtol=2.0 ** -(WINDOW_MANTISSA_BITS + 1), atol=0), name
+        a1 = old.create_array(name, shape=exact.shape, chunks=(1,) + exact.shape[1:], dtype="float32",
+                              compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), fill_value=0)
+        a1[:] = exact
+        new_bytes += arr.nbytes_stored()
+        old_bytes += a1.nbytes_stored()
+    assert new_bytes <= 0.25 * old_bytes, (new_bytes, old_bytes)
+
+
+def _v1_store(path, video, r):
+    """A store as format 1 wrote it: Blosc lz4, no checksums, fill-value chunks skipped, version 1."""
+    from zarr.codecs import BloscCodec
+
+    from geo4d.fusion import fuse
+    from geo4d.synthetic_predictor import SyntheticPredictor
+    from geo4d.windows import window_starts
+
+    lz4 = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs["geo4d_store"] = {"format": "geo4d-store", "version": 1}
+    v = root.create_group("videos/old")
+    T, H, W = r.frames.shape[:3]
+
+    def array(grp, name, data):
+        grp.create_array(name, shape=data.shape, chunks=(1,) + data.shape[1:], dtype=data.dtype,
+                         compressors=lz4, fill_value=0)[:] = data
+
+    array(v, "frames", r.frames)
+    starts = window_starts(T)
+    pred = SyntheticPredictor(r.geometry, seed=0)
+    preds = [pred.predict_window(r.frames[st:st + 16], st) for st in starts]
+    w = v.create_group("windows")
+    w.attrs.update({"starts": starts, "window_size": 16, "stride": 4, "predictor": "synthetic", "fingerprint": "f1"})
+    windows = {n: np.stack([getattr(p, n) for p in preds]).astype(np.float32)
+               for n in ("pointmap", "pointmap_conf", "ray_dir", "ray_moment", "disparity")}
+    for n, data in windows.items():
+        array(w, n, data)
+    array(w, "done", np.ones(len(starts), np.uint8))
+    g = fuse(windows, starts, T).geometry
+    f = v.create_group("fused")
+    for n, data in (("depth", g.depth), ("confidence", g.confidence), ("intrinsics", g.intrinsics),
+                    ("cam_to_world", g.world_from_cam), ("points", g.points)):
+        array(f, n, np.asarray(data, np.float32))
+    rec = {"status": "complete", "finished_at": "2025-01-01T00:00:00+00:00", "run_id": None, "parameters": {},
+           "fingerprint": "x"}
+    v.attrs.update({"source": str(video), "n_frames": T, "height": H, "width": W, "fps": 10.0,
+                    "stages": {"decode": rec, "windows": dict(rec, windows=len(starts)), "fuse": rec}})
+    return g
+
+
+def test_a_format_1_store_is_read_verified_fused_and_exported(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from geo4d_cli import main
+    from pipeline import stages
+
+    video, r = _synthetic_video(tmp_path, n_frames=24, height=48, width=64)
+    path = tmp_path / "v1.zarr"
+    g = _v1_store(path, video, r)
+    s = Store(path)
+    assert s.root.attrs["geo4d_store"]["version"] == 1  # opening never rewrites the marker
+    assert np.array_equal(s.read_frames("old"), r.frames)
+    assert np.array_equal(s.read_fused("old").depth, g.depth)
+    assert main(["verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "decode only" in out and "checked for presence and decodability only" in out
+    assert main(["export", str(path), str(tmp_path / "ds")]) == 0
+    row = pq.read_table(tmp_path / "ds/index.parquet").to_pylist()[0]
+    assert row["skipped"] is None
+    assert np.array_equal(zarr.open_group(str(tmp_path / "ds" / row["zarr_path"]), mode="r")["depth"][:], g.depth)
+    # Fusing again writes format-2 arrays beside the format-1 windows: same result.
+    stages.fuse_stage(s, "old", require_upstream=False, overwrite=True)
+    assert np.allclose(s.read_fused("old").depth, g.depth, rtol=1e-5, atol=1e-6)
+    assert main(["verify", str(path)]) == 0
+    # A lost format-1 chunk (it read back as zeros before) is damage too.
+    frames = s.video_array("old", "frames")
+    (path / "videos/old/frames" / frames.metadata.encode_chunk_key((7, 0, 0, 0))).unlink()
+    capsys.readouterr()
+    assert main(["verify", str(path)]) == 1
+    assert "chunk 7: missing" in capsys.readouterr().out

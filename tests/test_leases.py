@@ -1,0 +1,118 @@
+"""One writer per video: leases taken, renewed, expired, taken over, lost; concurrent reconstructions
+of one video do the work once; a leased video is skipped by an archive and refused by --no-wait."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from geo4d.errors import LeaseHeldError, LeaseLostError
+from storage.leases import VideoLease, read_lease
+from storage.store import Store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return str(Store(tmp_path / "s.zarr").location)
+
+
+def test_a_held_lease_names_its_holder_and_is_released(store):
+    first = VideoLease(store, "clip-1", run_id="run-a").acquire()
+    rec = read_lease(store, "clip-1")
+    assert rec.owner == first.owner and rec.pid == os.getpid() and rec.run_id == "run-a"
+    with pytest.raises(LeaseHeldError, match=rf"video clip-1: being written by .* pid {os.getpid()}, run run-a since 20"):
+        VideoLease(store, "clip-1").acquire(wait=0.5)
+    VideoLease(store, "clip-2").acquire().release()  # other videos are free
+    first.release()
+    assert read_lease(store, "clip-1") is None
+    with VideoLease(store, "clip-1") as again:
+        assert read_lease(store, "clip-1").owner == again.owner
+
+
+def test_a_stale_heartbeat_expires_and_the_old_holder_stops_writing(store):
+    old = VideoLease(store, "clip-1", ttl=0.6, heartbeat=0.2).acquire()
+    old._stop.set()  # its heartbeat stops (a frozen or cut-off writer)
+    time.sleep(0.9)
+    new = VideoLease(store, "clip-1", ttl=0.6, heartbeat=0.2).acquire(wait=0)  # taken over
+    old._start_heartbeat()  # the old writer wakes up: its next heartbeat finds another owner
+    time.sleep(0.5)
+    assert old.lost
+    with pytest.raises(LeaseLostError, match="lease was taken over; it stops writing"):
+        old.check()
+    old.release()  # does not remove the new holder's record
+    assert read_lease(store, "clip-1").owner == new.owner
+    new.release()
+
+
+def test_a_dead_holder_on_this_host_is_taken_over_at_once(store):
+    proc = subprocess.run([sys.executable, "-c", "import sys; from storage.leases import VideoLease; "
+                           f"VideoLease({store!r}, 'clip-1').acquire(); sys.stdout.flush(); import os; os._exit(0)"],
+                          cwd=ROOT, check=True)
+    assert proc.returncode == 0 and read_lease(store, "clip-1") is not None  # left behind by a dead process
+    lease = VideoLease(store, "clip-1").acquire(wait=0)  # no waiting out the TTL
+    lease.release()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    from geo4d.synthetic import make_scene, render, write_video
+    from storage.ground_truth import write_ground_truth
+
+    d = tmp_path_factory.mktemp("leased")
+    for i in range(2):
+        r = render(make_scene(seed=80 + i, n_frames=40, height=64, width=96))
+        write_video(d / f"v{i}.mp4", r.frames, fps=10)
+        write_ground_truth(d / f"v{i}.gt", r.geometry)
+    return d
+
+
+def test_no_wait_exits_3_and_an_archive_skips_a_leased_video(videos, tmp_path, capsys, prefect_env):
+    import json
+
+    from geo4d_cli import main
+    from storage.store import video_id_for
+
+    store = str(tmp_path / "s.zarr")
+    Store(store)
+    vid = video_id_for(videos / "v0.mp4")
+    held = VideoLease(store, vid, run_id="other-run").acquire()
+    try:
+        rc = main(["reconstruct", str(videos / "v0.mp4"), "--store", store, "--predictor", "synthetic", "--no-wait"])
+        assert rc == 3
+        assert f"error: video {vid}: being written by" in capsys.readouterr().err
+        rc = main(["archive", str(videos), "--store", store, "--workers", "0", "--predictor", "synthetic",
+                   "--no-evaluate", "--summary-json", str(tmp_path / "sum.json")])
+        assert rc == 1
+        summary = json.loads((tmp_path / "sum.json").read_text())
+        by_id = {v["video_id"]: v for v in summary["videos"]}
+        assert by_id[vid]["status"] == "failed" and "run other-run" in by_id[vid]["error"]
+        assert summary["complete"] == 1
+        assert not Store(store, mode="r").has_video(vid)  # nothing written for the leased video
+    finally:
+        held.release()
+
+
+@pytest.mark.slow
+def test_two_concurrent_reconstructions_of_one_video_do_the_work_once(videos, tmp_path):
+    env = dict(os.environ, PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_LOGGING_LEVEL="CRITICAL")
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "geo4d_cli", "reconstruct", str(videos / "v1.mp4"), "--store", str(tmp_path / "s.zarr"),
+           "--predictor", "synthetic", "--noise-depth", "0.05", "--no-evaluate"]
+    Store(tmp_path / "s.zarr")
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    s = Store(tmp_path / "s.zarr", mode="r")
+    (vid,) = s.video_ids()
+    assert s.stage_record(vid, "windows")["predicted"] == 7  # 40 frames: every window predicted once
+    for stage in ("decode", "windows", "fuse"):
+        done = [out for out in outs if f"{stage:<9} skipped (already complete)" not in out]
+        assert len(done) == 1, (stage, outs)  # one run did it, the other found it done

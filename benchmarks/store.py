@@ -51,7 +51,54 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=2, help="timing repeats per variant (best is kept)")
     ap.add_argument("--no-write", action="store_true", help="print only")
     ap.add_argument("--decode-child", nargs=3, metavar=("MODE", "VIDEO", "STORE"), help=argparse.SUPPRESS)
+    ap.add_argument("--baseline-rev", default="cb6cbf7",
+                    help="git revision whose store (format 1) the whole-store figure is compared with")
     return ap.parse_args()
+
+
+#: Part 4, run in a fresh process with the code of this checkout or of the baseline revision (same API):
+#: decode → windows (synthetic, no noise) → fuse of the 96-frame 256×160 video; prints bytes per group.
+_WHOLE_CODE = """
+import json, sys
+from pathlib import Path
+from geo4d.synthetic import make_scene, render, write_video
+from pipeline import stages
+from storage.ground_truth import write_ground_truth
+from storage.store import Store
+d = Path(sys.argv[1])
+r = render(make_scene(seed=3, n_frames=96, height=160, width=256))
+write_video(d / "v.mp4", r.frames, fps=10)
+write_ground_truth(d / "v.gt", r.geometry)
+store = Store(d / "s.zarr")
+vid = stages.decode_stage(store, str(d / "v.mp4")).video_id
+stages.windows_stage(store, vid, {"kind": "synthetic"})
+stages.fuse_stage(store, vid)
+root = d / "s.zarr" / "videos" / vid
+du = lambda p: sum(f.stat().st_size for f in Path(p).rglob("*") if f.is_file())
+print(json.dumps({**{g: du(root / g) for g in ("frames", "windows", "fused")}, "total": du(d / "s.zarr")}))
+"""
+
+
+def whole_store(work: Path, baseline_rev: str) -> dict:
+    """Part 4: the whole store of the issue's 96-frame 256×160 video, now and at ``baseline_rev``
+    (a git worktree of that revision, run with its own code: format 1)."""
+    import subprocess
+
+    def run(code_root: Path, sub: str) -> dict:
+        (work / sub).mkdir()
+        env = dict(os.environ, PYTHONPATH=str(code_root))
+        res = subprocess.run([sys.executable, "-c", _WHOLE_CODE, str(work / sub)], cwd=code_root, env=env,
+                             capture_output=True, text=True, check=True)
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    now = run(ROOT, "now")
+    tree = work / "baseline-tree"
+    subprocess.run(["git", "worktree", "add", "-q", "--detach", str(tree), baseline_rev], cwd=ROOT, check=True)
+    try:
+        before = run(tree, "before")
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
+    return {"baseline_rev": baseline_rev, "now": now, "before": before, "share": round(now["total"] / before["total"], 3)}
 
 
 def _predictions(height: int, width: int, n_frames: int, seed: int = 0):
@@ -264,6 +311,14 @@ def _markdown(out: dict) -> list[str]:
         e = f"{m['max_rel_error']:.1e}" if m["max_rel_error"] is not None else "—"
         md.append(f"| {name} | {m['dtype']} | {', '.join(m['codecs'])} | {m['bytes'] / 1e6:.2f} | "
                   f"{m['share_of_raw_float32']:.3f} | {e} |")
+    w = out["whole_store"]
+    md += ["", f"## The whole store of the 96-frame 256×160 video (synthetic windows, no noise) vs `{w['baseline_rev']}` "
+           "(format 1)", "", "| | frames MB | windows MB | fused MB | total MB |", "|---|---|---|---|---|"]
+    for label, key in (("format 1 (before)", "before"), ("now", "now")):
+        r = w[key]
+        md.append(f"| {label} | {r['frames'] / 1e6:.1f} | {r['windows'] / 1e6:.1f} | {r['fused'] / 1e6:.1f} | "
+                  f"{r['total'] / 1e6:.1f} |")
+    md += ["", f"Now / before: **{w['share']:.3f}** (target ≤ 0.25)."]
     md += ["", "## Decode memory (256×160, each decode in a fresh process)", "",
            "| frames | decode | seconds | tracemalloc peak MB | peak RSS growth MB | peak RSS MB |", "|---|---|---|---|---|---|"]
     for r in out["decode"]:
@@ -283,7 +338,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="geo4d-bench-store-"))
     out = {"machine": f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}",
            "noise": NOISE, "codecs": codec_benchmark(work, a.repeats), "current_store": current_store(work),
-           "decode": decode_memory(work)}
+           "decode": decode_memory(work), "whole_store": whole_store(work, a.baseline_rev)}
     print(json.dumps({k: v for k, v in out["current_store"].items() if k != "modalities"}))
     md = _markdown(out)
     print("\n".join(md))

@@ -40,11 +40,13 @@ __all__ = [
     "stage_fingerprint",
     "round_mantissa",
     "WINDOW_MANTISSA_BITS",
+    "FUSED_MANTISSA_BITS",
 ]
 
 STORE_FORMAT = "geo4d-store"
 #: Format 2: a crc32c checksum on every chunk, every chunk written (a missing one is damage), window
-#: modalities rounded to :data:`WINDOW_MANTISSA_BITS` and compressed with Blosc zstd + bit shuffle.
+#: modalities rounded to :data:`WINDOW_MANTISSA_BITS` and fused per-pixel maps to
+#: :data:`FUSED_MANTISSA_BITS`, compressed with Blosc zstd + bit shuffle.
 #: Stores of format 1 (Blosc lz4, no checksums, fill-value chunks skipped) are read as ever.
 STORE_VERSION = 2
 #: Pipeline stages in order; a stage's record is written only after all its arrays are complete.
@@ -61,8 +63,12 @@ _ARRAY_CONFIG = {"write_empty_chunks": True}
 #: Array attribute of the arrays written that way (format 2): each of their chunks exists in storage.
 EVERY_CHUNK_ATTR = "geo4d_every_chunk_written"
 #: Mantissa bits kept (of float32's 23) in the stored window modalities: relative rounding error
-#: ≤ 2⁻⁹ (half of bfloat16's, the network's compute precision); fused arrays are not rounded.
+#: ≤ 2⁻⁹ (half of bfloat16's, the network's compute precision).
 WINDOW_MANTISSA_BITS = 8
+#: Mantissa bits kept in the fused per-pixel maps (depth, confidence, points): float16 precision
+#: (relative change ≤ 2^-11) with float32 range.
+FUSED_MANTISSA_BITS = 10
+_ROUNDED_FUSED = ("depth", "confidence", "points")
 _VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -643,7 +649,11 @@ class Store:
             arr = np.asarray(arrays[name], dtype=np.float32)
             if arr.shape[0] != info.n_frames:
                 raise ValueError(f"fused/{name}: expected {info.n_frames} frames, got shape {arr.shape}")
-            _create(fg, name, arr.shape, "float32", _FLOAT_CODECS)[:] = arr
+            if name in _ROUNDED_FUSED:  # per-pixel maps rounded; K and poses exact
+                _create(fg, name, arr.shape, "float32", _FLOAT_CODECS, {"mantissa_bits": FUSED_MANTISSA_BITS})[:] = \
+                    round_mantissa(arr, FUSED_MANTISSA_BITS)
+            else:
+                _create(fg, name, arr.shape, "float32", _FLOAT_CODECS)[:] = arr
         if diagnostics:
             fg.attrs.update(json.loads(json.dumps({"diagnostics": dict(diagnostics)}, default=str)))
 

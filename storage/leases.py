@@ -8,8 +8,10 @@ holder releases it, when its heartbeat is older than :data:`LEASE_TTL_S` (a kill
 worker), or at once when its holder was a process of this host that no longer exists. A writer whose
 lease was taken over sees it at its next heartbeat and stops writing (:meth:`VideoLease.check`).
 
-Object stores have no atomic create-if-absent through fsspec, so taking a lease is *write, wait
-:data:`SETTLE_S`, read back*: of two writers racing, the one whose record is read back holds it.
+On a local disk a free lease is taken atomically (hard link: create-if-absent). Object stores have
+no atomic create-if-absent through fsspec, and taking over an expired lease replaces a record, so
+there taking a lease is *write, wait :data:`SETTLE_S`, read back*: of two writers racing, the one
+whose record is read back holds it.
 Written by hand: no maintained library offers leases over fsspec.
 
 Example:
@@ -26,6 +28,7 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from geo4d.errors import LeaseHeldError, LeaseLostError
 
@@ -109,6 +112,7 @@ class VideoLease:
         _leases_group(self.location, storage_options)
         self._fs, root = _fs(self.location, storage_options)
         self._path = f"{root.rstrip('/')}/leases/{video_id}.json"
+        self._local = type(self._fs).__name__ == "LocalFileSystem"
         self._acquired_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -122,6 +126,22 @@ class VideoLease:
         with self._fs.open(tmp, "wb") as f:
             f.write(json.dumps(asdict(rec)).encode())
         self._fs.mv(tmp, self._path)  # a rename on local disks: readers never see half a record
+
+    def _create_exclusive(self) -> bool:
+        """Local disks: write the record under a temporary name and hard-link it into place, which fails
+        when a record exists (create-if-absent, atomically); False when another writer was first."""
+        self._acquired_at = time.time()
+        rec = LeaseRecord(self.owner, socket.gethostname(), os.getpid(), self.run_id, self._acquired_at, time.time())
+        Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{self._path}.{self.owner}.tmp")
+        tmp.write_bytes(json.dumps(asdict(rec)).encode())
+        try:
+            os.link(tmp, self._path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def current(self) -> LeaseRecord | None:
         return read_lease(self.location, self.video_id, self.storage_options)
@@ -137,6 +157,9 @@ class VideoLease:
         told = False
         while True:
             held = self.current()
+            if held is None and self._local and self._create_exclusive():
+                self._start_heartbeat()  # atomic create-if-absent on a local disk: no race to settle
+                return self
             if held is None or held.owner == self.owner or held.expired(self.ttl):
                 self._acquired_at = time.time()
                 self._write()
@@ -146,6 +169,8 @@ class VideoLease:
                     self._start_heartbeat()
                     return self
                 held = now_held or held
+            if held is None:
+                continue  # released meanwhile: try again at once
             if deadline is not None and time.monotonic() >= deadline:
                 raise LeaseHeldError(f"video {self.video_id}: being written by {held.describe()}")
             if on_wait and not told:

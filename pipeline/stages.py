@@ -60,6 +60,12 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
     return None if old == new else (path or "parameters", old, new)
 
 
+def _what_differs(old: dict, new: dict) -> str:
+    """``name=old; this run asks new`` for the first differing parameter (the settings-changed lines)."""
+    diff = _first_difference(old, jsonable(new))
+    return f"{diff[0]}={diff[1]!r}; this run asks {diff[2]!r}" if diff else "other settings"
+
+
 def check_settings(store: Store, video_id: str, stage: str, parameters: dict, fingerprint: str,
                    overwrite: bool = False) -> None:
     """Refuse to replace a finished stage made with other settings, unless ``overwrite``.
@@ -70,8 +76,7 @@ def check_settings(store: Store, video_id: str, stage: str, parameters: dict, fi
     rec = store.stage_record(video_id, stage) if store.has_video(video_id) else None
     if overwrite or not rec or rec.get("status") != "complete" or rec.get("fingerprint") == fingerprint:
         return
-    diff = _first_difference(rec.get("parameters") or {}, jsonable(parameters))
-    what = f"{diff[0]}={diff[1]!r}; this run asks {diff[2]!r}" if diff else "other settings"
+    what = _what_differs(rec.get("parameters") or {}, parameters)
     raise SettingsChangedError(
         f"video {video_id}: stage {stage!r} was finished with {what} — nothing changed; "
         "rerun with --overwrite (overwrite=True) to recompute it and the stages after it"
@@ -236,8 +241,7 @@ def _check_partial_windows(store: Store, video_id: str, params: dict, fp: str, o
         return
     if (old.get("parameters") or {}).get("upstream") != params["upstream"]:
         return  # windows of an earlier decode of this video: invalid whatever the settings
-    diff = _first_difference(old.get("parameters") or {}, jsonable(params))
-    what = f"{diff[0]}={diff[1]!r}; this run asks {diff[2]!r}" if diff else "other settings"
+    what = _what_differs(old.get("parameters") or {}, params)
     raise SettingsChangedError(
         f"video {video_id}: {old['done']} window(s) were sampled with {what} — nothing changed; "
         "rerun with --overwrite (overwrite=True) to discard them"

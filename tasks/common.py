@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from contextlib import contextmanager
 
 from geo4d.errors import Geo4DError
 
@@ -80,29 +81,23 @@ def report_stage(result) -> dict:
     return asdict(result)
 
 
+@contextmanager
 def video_lease(store: str, video_id: str, storage_options: dict | None = None, wait: float | None = 0.0):
-    """The video's lease (:class:`storage.leases.VideoLease`) for this flow run, taken on entering:
+    """The video's lease (:class:`storage.leases.VideoLease`) for this flow run, held inside the block:
     ``wait`` seconds for another holder (None: as long as it takes, saying once who holds it)."""
-    from contextlib import contextmanager
-
     from prefect.runtime import flow_run
 
     from storage.leases import VideoLease
 
-    @contextmanager
-    def held():
-        lease = VideoLease(store, video_id, run_id=str(flow_run.id) if flow_run.id else None,
-                           storage_options=storage_options)
+    lease = VideoLease(store, video_id, run_id=str(flow_run.id) if flow_run.id else None,
+                       storage_options=storage_options)
 
-        def waiting(holder) -> None:
-            line = f"video {video_id} is being written by {holder.describe()}: waiting for it"
-            if os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1":
-                print(f"  {line}", flush=True)
+    def waiting(holder) -> None:
+        if os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1":
+            print(f"  video {video_id} is being written by {holder.describe()}: waiting for it", flush=True)
 
-        lease.acquire(wait=wait, on_wait=waiting)
-        try:
-            yield lease
-        finally:
-            lease.release()
-
-    return held()
+    lease.acquire(wait=wait, on_wait=waiting)
+    try:
+        yield lease
+    finally:
+        lease.release()

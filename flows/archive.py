@@ -19,7 +19,7 @@ from storage.manifest import write_manifest
 from storage.sources import plan_archive
 from storage.store import Store
 from tasks.archive import (decode_video_task, evaluate_video_task, fuse_video_task, rejected_summary,
-                           sample_windows_task)
+                           sample_windows_task, unfinished_summary)
 from tasks.cluster import archive_task_runner, sampling_placement
 
 _TABLE_KEYS = ("video_id", "source", "status", "failed_stage", "error", "windows_predicted")
@@ -74,17 +74,10 @@ def archive_videos(
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
     placement = sampling_placement(max_gpu_tasks)
     print(f"{len(entries)} video(s), {len(rejected)} rejected source row(s), {placement.describe()}")
-    finals = []
-    for e in entries:
-        decoded = decode_video_task.submit(asdict(e), store, predictor, storage_options, overwrite)
-        with placement.annotate():
-            sampled = sample_windows_task.submit(decoded, store, predictor, storage_options, placement.bound,
-                                                 overwrite)
-        last = fuse_video_task.submit(sampled, store, fusion, storage_options, overwrite)
-        if evaluate:
-            last = evaluate_video_task.submit(last, store, storage_options, overwrite)
-        finals.append(last)
-    results = _collect(finals) + [rejected_summary(asdict(r)) for r in rejected]
+    run = dict(store=store, predictor=predictor, fusion=fusion, evaluate=evaluate,
+               storage_options=storage_options, placement=placement, overwrite=overwrite)
+    chains = [(asdict(e), _submit_chain(asdict(e), **run)) for e in entries]
+    results = _collect(chains) + [rejected_summary(asdict(r)) for r in rejected]
     order = {e.path: i for i, e in enumerate(entries)}
     results.sort(key=lambda r: order.get(r["source"], len(order)))
     manifest = write_manifest(Store(store, storage_options=storage_options), storage_options)
@@ -93,21 +86,59 @@ def archive_videos(
     return {**_run_summary(results, manifest), "placement": placement.describe()}
 
 
-def _collect(futures) -> list[dict]:
+def _submit_chain(source: dict, *, store, predictor, fusion, evaluate, storage_options, placement,
+                  overwrite) -> dict:
+    """Submit one video's tasks, each fed the summary of the one before; ``{stage: future}``."""
+    decoded = decode_video_task.submit(source, store, predictor, storage_options, overwrite)
+    with placement.annotate():
+        sampled = sample_windows_task.submit(decoded, store, predictor, storage_options, placement.bound, overwrite)
+    chain = {"decode": decoded, "windows": sampled,
+             "fuse": fuse_video_task.submit(sampled, store, fusion, storage_options, overwrite)}
+    if evaluate:
+        chain["evaluate"] = evaluate_video_task.submit(chain["fuse"], store, storage_options, overwrite)
+    return chain
+
+
+def _collect(chains: list[tuple[dict, dict]]) -> list[dict]:
     """Wait for every video's last task, printing ``[k/N] id (source): ok`` as each finishes."""
     results = []
     progress_id = create_progress_artifact(progress=0.0, key="archive-progress",
-                                           description=f"videos done of {len(futures)}")
+                                           description=f"videos done of {len(chains)}")
+    last = {list(chain.values())[-1]: (source, chain) for source, chain in chains}
     windows = 0
-    for k, fut in enumerate(as_completed(futures), 1):
-        res = fut.result()
+    for k, fut in enumerate(as_completed(list(last)), 1):
+        res = _chain_result(*last[fut])
         results.append(res)
         windows += res["windows_predicted"]
-        update_progress_artifact(progress_id, progress=100.0 * k / len(futures),
-                                 description=f"{k}/{len(futures)} videos done, {windows} windows sampled")
+        update_progress_artifact(progress_id, progress=100.0 * k / len(chains),
+                                 description=f"{k}/{len(chains)} videos done, {windows} windows sampled")
         state = "ok" if res["status"] == "complete" else f"FAILED at {res['failed_stage']}: {res['error']}"
-        print(f"[{k}/{len(futures)}] {res['video_id']} ({res['source']}): {state}")
+        print(f"[{k}/{len(chains)}] {res['video_id']} ({res['source']}): {state}")
     return results
+
+
+def _chain_result(source: dict, chain: dict) -> dict:
+    """The video's summary from its last task; where a task ended without a result (a transient fault
+    past its retries, a lost worker), the video failed at that task's stage with its error."""
+    for fut in chain.values():
+        fut.wait()  # the future's own final state, not the API's view of it (which may lag)
+    final = list(chain.values())[-1]
+    if final.state.is_completed():
+        return final.result()
+    for stage, fut in chain.items():
+        if not fut.state.is_completed():
+            return unfinished_summary(source, stage, _state_error(fut.state))
+    return final.result()
+
+
+def _state_error(state) -> str:
+    """One line naming the exception a task ended with (Prefect's message when its data is gone)."""
+    try:
+        error = state.result(raise_on_failure=False) if state.is_final() else None
+    except Exception:  # noqa: BLE001 — result not persisted (fetched from the API): use the message
+        error = None
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else (state.message or state.name)
+    return str(text).removeprefix("Task run encountered an exception ").splitlines()[0]
 
 
 def _run_summary(results: list[dict], manifest: str) -> dict:

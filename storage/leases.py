@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from geo4d.errors import LeaseHeldError, LeaseLostError
+from storage.store import require_group
 
 __all__ = ["VideoLease", "LeaseRecord", "LEASE_TTL_S", "HEARTBEAT_S", "SETTLE_S", "read_lease"]
 
@@ -85,7 +86,7 @@ def _leases_group(location: str, storage_options: dict | None) -> None:
     root = zarr.open_group(location if url else location.removeprefix("file://"), mode="a", zarr_format=3,
                            storage_options=(storage_options or {}) if url else None)
     if "leases" not in root:
-        root.require_group("leases")
+        require_group(root, "leases")
 
 
 def read_lease(location: str, video_id: str, storage_options: dict | None = None) -> LeaseRecord | None:

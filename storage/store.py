@@ -39,6 +39,7 @@ __all__ = [
     "content_hash",
     "stage_fingerprint",
     "round_mantissa",
+    "require_group",
     "WINDOW_MANTISSA_BITS",
     "FUSED_MANTISSA_BITS",
 ]
@@ -148,6 +149,20 @@ def round_mantissa(values: np.ndarray, keep: int = WINDOW_MANTISSA_BITS) -> np.n
     half = np.uint32((1 << (23 - keep - 1)) - 1)
     rounded = ((bits + half + odd) & np.uint32((0xFFFFFFFF << (23 - keep)) & 0xFFFFFFFF)).view(np.float32)
     return np.where(np.isfinite(x), rounded, x)
+
+
+def require_group(parent: zarr.Group, path: str) -> zarr.Group:
+    """``parent[path]`` as a group, created if absent — safe when several writers create it at once.
+
+    Zarr's own ``require_group`` checks and then creates, so of two writers racing on a new group one
+    gets ``ContainsGroupError``; here that writer opens the group the other created.
+    """
+    from zarr.errors import ContainsGroupError
+
+    try:
+        return parent.require_group(path)
+    except ContainsGroupError:
+        return parent[path]
 
 
 def _create(grp: zarr.Group, name: str, shape: tuple[int, ...], dtype: str, codecs: tuple,
@@ -260,7 +275,7 @@ class Store:
             self.root.attrs["geo4d_store"] = {"format": STORE_FORMAT, "version": STORE_VERSION}
         if self.mode == "a" and "videos" not in members:
             # Created once here, so concurrent per-video writers never race to create the parent group.
-            self.root.require_group("videos")
+            require_group(self.root, "videos")
 
     # ---- videos ----------------------------------------------------------------------------------
     def video_ids(self) -> list[str]:
@@ -306,7 +321,7 @@ class Store:
                     f"got {info.n_frames}×{info.height}×{info.width}"
                 )
             return
-        grp = self.root.require_group(f"videos/{info.video_id}")
+        grp = require_group(self.root, f"videos/{info.video_id}")
         grp.attrs.update(
             {
                 "source": info.source,
@@ -567,7 +582,7 @@ class Store:
             )
             if same:
                 return np.asarray(wg["done"][:]).astype(bool)
-        wg = grp.require_group("windows")
+        wg = require_group(grp, "windows")
         G, V, H, W = len(starts), window_size, info.height, info.width
         shapes = {
             "pointmap": (G, V, H, W, 3),
@@ -644,7 +659,7 @@ class Store:
         """
         arrays = _fused_arrays(geometry)
         info = self.video_info(video_id)
-        fg = self._video_group(video_id).require_group("fused")
+        fg = require_group(self._video_group(video_id), "fused")
         for name in FUSED_ARRAYS:
             arr = np.asarray(arrays[name], dtype=np.float32)
             if arr.shape[0] != info.n_frames:

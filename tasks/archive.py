@@ -23,9 +23,10 @@ from pipeline import stages
 from pipeline.predictors import PredictorSpec, predictor_image_size
 from storage.store import Store
 from tasks.cluster import sampling_slot, worker_identity
-from tasks.common import STAGE_TASK_OPTIONS, open_store, progress_logger, video_lease
+from tasks.common import STAGE_TASK_OPTIONS, is_transient, open_store, progress_logger, video_lease
 
-__all__ = ["new_summary", "rejected_summary", "decode_video_task", "sample_windows_task", "fuse_video_task", "evaluate_video_task"]
+__all__ = ["new_summary", "rejected_summary", "unfinished_summary", "decode_video_task", "sample_windows_task",
+           "fuse_video_task", "evaluate_video_task"]
 
 
 def new_summary(source: dict) -> dict:
@@ -40,6 +41,14 @@ def rejected_summary(row: dict) -> dict:
     """The summary of a source row rejected before the run (nothing written for it)."""
     out = new_summary({"video_id": row["video_id"] or "?", "path": row["path"]})
     out.update(status="failed", failed_stage="sources", error=row["reason"])
+    return out
+
+
+def unfinished_summary(source: dict, stage: str, error: str) -> dict:
+    """The summary of a video whose ``stage`` task ended without a result (retries exhausted, worker
+    lost): failed there with ``error``, so the run reports it and goes on."""
+    out = new_summary(source)
+    out.update(status="failed", failed_stage=stage, error=error)
     return out
 
 
@@ -59,6 +68,12 @@ def _run_stage(summary: dict, stage: str, store: Store, work: Callable[..., stag
         summary.setdefault("details", {})[stage] = result.details
     except Geo4DError as exc:
         _record_failure(store, summary, stage, exc)
+    except Exception as exc:
+        if is_transient(exc):
+            raise  # Prefect retries it (STAGE_TASK_OPTIONS)
+        # an unforeseen fault (a bug, a library's error) fails this video only, traceback logged
+        get_run_logger().exception("%s: %s raised", summary["video_id"], stage)
+        _record_failure(store, summary, stage, Geo4DError(f"{type(exc).__name__}: {exc}"))
     summary["task_seconds"] += time.perf_counter() - t0
     return summary
 

@@ -156,3 +156,39 @@ def test_local_gpu_workers_sample_and_cpu_workers_do_the_rest(archive_dir, tmp_p
     assert all(not p.endswith(f":{os.getpid()}") for v in summary["videos"] for p in
                [v["workers"]["windows"]["process"]])  # sampled in the worker process, not here
     assert "sampling on 1 GPU slot(s)" in capsys.readouterr().out
+
+
+def test_an_unforeseen_fault_or_a_task_past_its_retries_fails_that_video_only(archive_dir, tmp_path, monkeypatch,
+                                                                               prefect_env):
+    """A bug-like error in one video's fuse is recorded as that video's failure (store and summary);
+    a transient fault that outlasts its retries ends that video at its stage; the others complete."""
+    import flows.archive as archive_flow
+    import pipeline.stages as stages
+    from storage.store import Store
+
+    srcs = [str(archive_dir / f"clip_{i}.mp4") for i in range(3)]
+    fuse, windows = stages.fuse_stage, stages.windows_stage
+
+    def fuse_breaks_on_clip_1(store, video_id, **kw):
+        if store.video_info(video_id).source.endswith("clip_1.mp4"):
+            raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+        return fuse(store, video_id, **kw)
+
+    def sampling_connection_lost_on_clip_2(store, video_id, *a, **kw):
+        if store.video_info(video_id).source.endswith("clip_2.mp4"):
+            raise ConnectionResetError("connection to the GPU host lost")
+        return windows(store, video_id, *a, **kw)
+
+    monkeypatch.setattr(stages, "fuse_stage", fuse_breaks_on_clip_1)
+    monkeypatch.setattr(stages, "windows_stage", sampling_connection_lost_on_clip_2)
+    monkeypatch.setattr(archive_flow, "sample_windows_task", archive_flow.sample_windows_task.with_options(retries=0))
+    store = tmp_path / "f.zarr"
+    result = archive_flow.reconstruct_archive(srcs, str(store), predictor={"kind": "synthetic"}, evaluate=False,
+                                              workers=0)
+    by = {v["source"].rsplit("/", 1)[-1]: v for v in result["videos"]}
+    assert result["complete"] == 1 and result["failed"] == 2 and by["clip_0.mp4"]["status"] == "complete"
+    assert (by["clip_1.mp4"]["failed_stage"], by["clip_1.mp4"]["error"]) == (
+        "fuse", "TypeError: unsupported operand type(s) for +: 'NoneType' and 'int'")
+    assert Store(store, mode="r").stage_record(by["clip_1.mp4"]["video_id"], "fuse")["status"] == "failed"
+    assert by["clip_2.mp4"]["failed_stage"] == "windows"
+    assert by["clip_2.mp4"]["error"] == "ConnectionResetError: connection to the GPU host lost"

@@ -116,3 +116,48 @@ def test_two_concurrent_reconstructions_of_one_video_do_the_work_once(videos, tm
     for stage in ("decode", "windows", "fuse"):
         done = [out for out in outs if f"{stage:<9} skipped (already complete)" not in out]
         assert len(done) == 1, (stage, outs)  # one run did it, the other found it done
+
+
+def test_writers_starting_at_once_on_a_fresh_store_all_get_their_video(tmp_path):
+    """The first leases of several videos taken at the same moment (an archive's first decodes on a
+    thread pool) all succeed: the ``leases`` group they all create is created once, by whichever wins
+    (Zarr's require_group alone lets the losers fail with ContainsGroupError)."""
+    import threading
+
+    for trial in range(12):
+        location = str(Store(tmp_path / f"fresh{trial}.zarr").location)
+        start, errors, taken = threading.Barrier(6), [], []
+
+        def take(k: int) -> None:
+            start.wait()
+            try:
+                with VideoLease(location, f"clip-{k}"):
+                    taken.append(k)
+            except Exception as exc:  # noqa: BLE001 — collected and asserted below
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=take, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == [] and sorted(taken) == list(range(6)), f"trial {trial}: {errors}"
+
+
+def test_require_group_opens_the_group_a_racing_writer_created(tmp_path, monkeypatch):
+    """Deterministic form of the race: the group appears between Zarr's check and its create."""
+    import zarr
+    from zarr.errors import ContainsGroupError
+
+    from storage.store import require_group
+
+    root = zarr.open_group(str(tmp_path / "r.zarr"), mode="a", zarr_format=3)
+    original = zarr.Group.require_group
+
+    def lose_the_race(self, name, **kw):
+        original(self, name, **kw)  # the other writer creates it ...
+        raise ContainsGroupError(f"A group exists at path {name!r}")  # ... and this one's create fails
+
+    monkeypatch.setattr(zarr.Group, "require_group", lose_the_race)
+    grp = require_group(root, "leases")
+    assert isinstance(grp, zarr.Group) and grp.path == "leases"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from geo4d.errors import InputError
 
-__all__ = ["VideoSource", "RejectedSource", "resolve_sources", "plan_archive", "VIDEO_SUFFIXES"]
+__all__ = ["VideoSource", "RejectedSource", "resolve_sources", "plan_archive", "parse_intrinsics", "VIDEO_SUFFIXES"]
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 
@@ -20,6 +20,24 @@ class VideoSource:
     path: str
     video_id: str | None = None  # None: the store's content-hash id
     also: tuple[str, ...] = ()   # further paths holding the same content (one video, decoded once)
+    intrinsics: str | None = None  # known K as "fx,fy,cx,cy" in source pixels (manifest column), unchecked
+
+
+def parse_intrinsics(text: str | list | tuple, what: str = "--intrinsics") -> list[float]:
+    """``"fx,fy,cx,cy"`` (source pixels; a list works too) → 4 floats, fx, fy > 0; :class:`InputError`
+    naming ``what`` otherwise.
+
+    >>> parse_intrinsics("600, 600, 426.5, 239.5")
+    [600.0, 600.0, 426.5, 239.5]
+    """
+    parts = text.replace(" ", "").split(",") if isinstance(text, str) else list(text)
+    try:
+        values = [float(v) for v in parts]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) != 4 or not all(v == v and abs(v) != float("inf") for v in values) or min(values[:2]) <= 0:
+        raise InputError(f"{what} {text!r}: expected fx,fy,cx,cy in source pixels (four numbers, fx and fy > 0)")
+    return values
 
 
 @dataclass(frozen=True)
@@ -47,15 +65,17 @@ def _manifest(path: Path) -> list[VideoSource]:
         p = Path(str(row["path"]))
         if not p.is_absolute():
             p = path.parent / p
-        vid = row.get("video_id")
-        out.append(VideoSource(str(p), str(vid) if vid not in (None, "") else None))
+        vid, K = row.get("video_id"), row.get("intrinsics")
+        out.append(VideoSource(str(p), str(vid) if vid not in (None, "") else None,
+                               intrinsics=None if K in (None, "") else (K if isinstance(K, str) else ",".join(map(str, K)))))
     return out
 
 
 def resolve_sources(sources: list[str]) -> list[VideoSource]:
     """Expand SOURCES in order, dropping duplicate paths.
 
-    * a ``.parquet`` / ``.csv`` file: a manifest with a ``path`` column and an optional ``video_id``;
+    * a ``.parquet`` / ``.csv`` file: a manifest with a ``path`` column, an optional ``video_id`` and
+      an optional ``intrinsics`` (known K as ``fx,fy,cx,cy`` in source pixels);
     * a directory: every video file below it (by suffix, sorted);
     * a pattern with ``*``, ``?`` or ``[``: the matching files;
     * any other path: taken as a video (a missing file fails later, for that video only).
@@ -127,6 +147,12 @@ def plan_archive(sources: list[str]) -> tuple[list[VideoSource], list[RejectedSo
             rejected.append(RejectedSource(src.path, src.video_id, f"video_id {src.video_id!r}: not a valid id "
                                            "(letters, digits, '.', '_', '-'; at most 128; starting with a letter or digit)"))
             continue
+        if src.intrinsics is not None:
+            try:
+                parse_intrinsics(src.intrinsics, "intrinsics")
+            except InputError as exc:
+                rejected.append(RejectedSource(src.path, src.video_id, str(exc)))
+                continue
         digest, vid = _identify(src)
         if digest is not None and digest in by_content:
             k = by_content[digest]

@@ -26,6 +26,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
 from geo4d.errors import StoreError
+from geo4d.framing import Framing
 from geo4d.geometry import Geometry
 from geo4d.predictor import MODALITIES, WindowPrediction
 
@@ -166,10 +167,11 @@ def require_group(parent: zarr.Group, path: str) -> zarr.Group:
 
 
 def _create(grp: zarr.Group, name: str, shape: tuple[int, ...], dtype: str, codecs: tuple,
-            attributes: Mapping[str, Any] | None = None) -> zarr.Array:
-    """A new array of format 2 (one chunk per index of the first axis, checksummed, every chunk
-    written), replacing any array of that name."""
-    return grp.create_array(name, shape=shape, chunks=(1,) + tuple(shape[1:]), dtype=dtype, compressors=codecs,
+            attributes: Mapping[str, Any] | None = None, chunks: tuple[int, ...] | None = None) -> zarr.Array:
+    """A new array of format 2 (one chunk per index of the first axis unless ``chunks``, checksummed,
+    every chunk written), replacing any array of that name."""
+    chunks = chunks or (1,) + tuple(shape[1:])
+    return grp.create_array(name, shape=shape, chunks=chunks, dtype=dtype, compressors=codecs,
                             fill_value=0, overwrite=True, config=_ARRAY_CONFIG,
                             attributes={EVERY_CHUNK_ATTR: True, **(attributes or {})})
 
@@ -503,12 +505,14 @@ class Store:
         """A frames array of the layout of docs/store.md (uint8, one chunk per frame)."""
         return _create(grp, name, (n_frames, height, width, 3), "uint8", _FRAME_CODECS)
 
-    def commit_frames(self, info: VideoInfo, clear: list[str]) -> None:
+    def commit_frames(self, info: VideoInfo, clear: list[str], *, times: np.ndarray | None = None,
+                      framing: Framing | None = None) -> None:
         """Make the staged frames (:meth:`write_frames`) the video's ``frames``: ``info.n_frames`` of them.
 
         A video stored with another shape (or created for this decode) is recomputed from scratch:
         its other arrays are removed and its attributes rewritten from ``info``. Otherwise the
-        records of ``clear`` are forgotten and only ``frames`` is replaced.
+        records of ``clear`` are forgotten and only ``frames`` is replaced. ``times`` (T,) seconds
+        become ``frames_pts``; ``framing`` (:class:`geo4d.framing.Framing`) the ``framing`` attribute.
         """
         grp = self._video_group(info.video_id)
         staged = self._array(grp, self._STAGED, info.video_id)
@@ -528,6 +532,37 @@ class Store:
             if "frames" in grp:
                 del grp["frames"]
         self._move_node(f"videos/{info.video_id}/{self._STAGED}", f"videos/{info.video_id}/frames")
+        self._write_timing(grp, info.n_frames, times, framing)
+
+    def _write_timing(self, grp: zarr.Group, n_frames: int, times: np.ndarray | None, framing: Framing | None) -> None:
+        if self.PTS in grp:
+            del grp[self.PTS]
+        if times is not None:
+            times = np.asarray(times, dtype=np.float64)
+            if times.shape != (n_frames,):
+                raise ValueError(f"times: expected shape ({n_frames},), got {times.shape}")
+            arr = _create(grp, self.PTS, (n_frames,), "float64", (Crc32cCodec(),), chunks=(max(1, n_frames),))
+            arr[:] = times
+        grp.attrs.update({"framing": framing.to_dict() if framing is not None else None})
+
+    #: Per-frame presentation times in seconds, as the container gives them (variable frame rate kept).
+    PTS = "frames_pts"
+
+    def frame_times(self, video_id: str) -> np.ndarray | None:
+        """(T,) presentation time of each stored frame in seconds (None: a store from before timestamps)."""
+        grp = self._video_group(video_id)
+        if self.PTS not in grp:
+            return None
+        return self._read_whole(self._array(grp, self.PTS, video_id), f"videos/{video_id}/{self.PTS}")
+
+    def framing(self, video_id: str) -> Framing:
+        """How the stored frames relate to the upright source frames (:mod:`geo4d.framing`); frames of
+        a store from before framing count as the source itself."""
+        d = self._video_group(video_id).attrs.get("framing")
+        if d:
+            return Framing.from_dict(d)
+        info = self.video_info(video_id)
+        return Framing.identity(info.height, info.width)
 
     def discard_frames(self, video_id: str) -> None:
         """Remove a decode in progress: the staging array, and the video's group if it was made for it."""
@@ -652,10 +687,12 @@ class Store:
         return arrays, starts, V
 
     # ---- fused -----------------------------------------------------------------------------------
-    def write_fused(self, video_id: str, geometry: Geometry, diagnostics: Mapping[str, Any] | None = None) -> None:
+    def write_fused(self, video_id: str, geometry: Geometry, diagnostics: Mapping[str, Any] | None = None,
+                    intrinsics_source: np.ndarray | None = None) -> None:
         """Write the fused geometry as ``fused/<name>`` (:data:`FUSED_ARRAYS`, float32, chunked per frame).
 
-        ``geometry`` needs ``confidence`` and ``points``; ``diagnostics`` go to the group's attrs.
+        ``geometry`` needs ``confidence`` and ``points``; ``diagnostics`` go to the group's attrs;
+        ``intrinsics_source`` (T, 3, 3), K in the source video's pixels, to ``fused/intrinsics_source``.
         """
         arrays = _fused_arrays(geometry)
         info = self.video_info(video_id)
@@ -669,8 +706,22 @@ class Store:
                     round_mantissa(arr, FUSED_MANTISSA_BITS)
             else:
                 _create(fg, name, arr.shape, "float32", _FLOAT_CODECS)[:] = arr
+        if intrinsics_source is not None:
+            _create(fg, self.SOURCE_K, (info.n_frames, 3, 3), "float64", _FLOAT_CODECS)[:] = intrinsics_source
+        elif self.SOURCE_K in fg:
+            del fg[self.SOURCE_K]
         if diagnostics:
             fg.attrs.update(json.loads(json.dumps({"diagnostics": dict(diagnostics)}, default=str)))
+
+    #: ``fused/intrinsics_source``: the fused K in the source video's pixels (upright, square pixels).
+    SOURCE_K = "intrinsics_source"
+
+    def read_intrinsics_source(self, video_id: str) -> np.ndarray:
+        """(T, 3, 3) fused intrinsics in source pixels (stores without the array: by the framing)."""
+        fg = self._video_group(video_id)["fused"]
+        if self.SOURCE_K in fg:
+            return self._read_whole(self._array(fg, self.SOURCE_K, video_id), f"videos/{video_id}/fused/{self.SOURCE_K}")
+        return self.framing(video_id).intrinsics_to_source(self.read_fused(video_id).intrinsics)
 
     def read_fused(self, video_id: str) -> Geometry:
         """The fused geometry (float32 as stored; ``valid`` where confidence > 0; ``meta``: the group's attrs)."""

@@ -168,12 +168,14 @@ def test_streamed_decode_stores_exactly_the_in_memory_decode(scene, tmp_path):
 
     store = Store(tmp_path / "s.zarr")
     for size, stride in (((32, 48), 1), (None, 2)):
-        res = decode_stage(store, str(scene), size=size, frame_stride=stride, min_frames=8, overwrite=True)
+        res = decode_stage(store, str(scene), size=size, resize="stretch", frame_stride=stride, min_frames=8,
+                           overwrite=True)
         ref = _reference_decode(scene, size, stride)
         assert np.array_equal(store.read_frames(res.video_id), ref)
         info = store.video_info(res.video_id)
         assert (info.n_frames, info.height, info.width) == ref.shape[:3] and store.is_complete(res.video_id, "decode")
-        assert sorted(k for k, _ in store.root[f"videos/{res.video_id}"].members()) == ["frames"]
+        assert sorted(k for k, _ in store.root[f"videos/{res.video_id}"].members()) == ["frames", "frames_pts"]
+        assert np.allclose(np.diff(store.frame_times(res.video_id)), stride / 10)  # the clip is 10 fps
 
 
 def test_video_truncated_partway_leaves_the_store_as_it_was(tmp_path):

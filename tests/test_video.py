@@ -69,12 +69,12 @@ def test_streamed_blocks_equal_the_in_memory_decode(clip):
 
     path, _ = clip
     for size, stride, block in ((None, 1, 16), ((32, 48), 3, 4), ((40, 56), 2, 7)):
-        meta, blocks = stream_video(path, size=size, stride=stride, block=block)
-        got = list(blocks)
+        meta, blocks = stream_video(path, size=size, stride=stride, block=block, resize="stretch")
+        got = [b.frames for b in blocks]
         assert all(1 <= len(b) <= block for b in got) and all(len(b) == block for b in got[:-1])
         ref = _reference_decode(path, size, stride)
         assert np.array_equal(np.concatenate(got), ref), (size, stride)
-        assert np.array_equal(read_video(path, size=size, stride=stride)[0], ref)
+        assert np.array_equal(read_video(path, size=size, stride=stride, resize="stretch")[0], ref)
     assert meta.n_frames == 20
 
 
@@ -88,7 +88,7 @@ def test_stream_raises_at_once_for_a_missing_file_and_after_the_good_blocks_for_
     got = []
     with pytest.raises(InputError, match=r"cut\.mp4: .*truncated or corrupt"):
         for b in blocks:
-            got.append(b)
+            got.append(b.frames)
     assert meta.n_frames == 60 and 0 < sum(map(len, got)) < 60
 
 
@@ -112,3 +112,78 @@ def write_faststart_video(path, n_frames, truncate_to=None, height=48, width=64)
     cut = path.with_name("cut.mp4")
     cut.write_bytes(path.read_bytes()[: int(path.stat().st_size * truncate_to)])
     return cut
+
+
+def _encode(path, coded, *, times=None, fps=10, rotation=0, codec="libx264"):
+    """Write (T, H, W, 3) frames; ``times`` (s) give each frame its own pts (variable frame rate);
+    ``rotation`` is stored as the display matrix (counter-clockwise degrees), as phones do."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=fps)
+        s.width, s.height, s.pix_fmt = coded.shape[2], coded.shape[1], "yuv420p"
+        s.time_base = s.codec_context.time_base = Fraction(1, 1000)
+        if rotation:
+            s.set_display_rotation(rotation)
+        for i, img in enumerate(coded):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts, f.time_base = int(round((times[i] if times is not None else i / fps) * 1000)), Fraction(1, 1000)
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def _quadrants(n, h, w):
+    """Frames with four flat quadrants (red, green, blue, white from top-left, clockwise)."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2, : w // 2] = (255, 0, 0)
+    img[: h // 2, w // 2 :] = (0, 255, 0)
+    img[h // 2 :, w // 2 :] = (0, 0, 255)
+    img[h // 2 :, : w // 2] = (255, 255, 255)
+    return np.repeat(img[None], n, axis=0)
+
+
+def test_a_rotated_phone_video_comes_out_upright(tmp_path):
+    upright = _quadrants(4, 96, 64)  # a portrait scene
+    coded = np.ascontiguousarray(np.rot90(upright, k=-1, axes=(1, 2)))  # the sensor's landscape frames
+    path = _encode(tmp_path / "phone.mp4", coded, rotation=90)
+    meta = probe_video(path)
+    assert (meta.height, meta.width, meta.rotation, meta.upright_size) == (64, 96, 90, (96, 64))
+    out, _ = read_video(path)
+    assert out.shape == (4, 96, 64, 3)
+    assert np.abs(out.astype(int) - upright).mean() < 8
+
+
+def test_crop_and_pad_keep_square_pixels_stretch_does_not(tmp_path):
+    from geo4d.video import decode_framing
+
+    path = _encode(tmp_path / "wide.mp4", _quadrants(3, 48, 128))  # 8:3, to a 4:3 network frame
+    meta = probe_video(path)
+    crop = decode_framing(meta, (48, 64), "crop")
+    pad = decode_framing(meta, (48, 64), "pad")
+    assert (crop.scaled_size, crop.offset) == ((48, 128), (0, 32))
+    assert (pad.scaled_size, pad.offset) == ((24, 64), (-12, 0))
+    out = read_video(path, size=(48, 64))[0][0].astype(int)  # crop: the middle half, unscaled
+    assert np.abs(out[:20, :30] - (255, 0, 0)).max() < 40 and np.abs(out[30:, 40:] - (0, 0, 255)).max() < 40
+    padded = read_video(path, size=(48, 64), resize="pad")[0][0].astype(int)
+    assert padded[:12].max() == 0 and padded[-12:].max() == 0  # black bands, marked invalid
+    assert pad.valid_mask()[:12].any() == False and pad.valid_mask()[12:36].all()  # noqa: E712
+    assert np.abs(padded[14:22, 2:28] - (255, 0, 0)).max() < 40
+    stretched = read_video(path, size=(48, 64), resize="stretch")[0][0].astype(int)
+    assert np.abs(stretched[5:20, 5:28] - (255, 0, 0)).max() < 40 and np.abs(stretched[5:20, 36:60] - (0, 255, 0)).max() < 40
+
+
+def test_variable_frame_rate_timestamps_are_kept(tmp_path):
+    from geo4d.video import stream_video
+
+    times = np.array([0.0, 0.1, 0.15, 0.35, 0.4, 0.9, 1.0, 1.05])
+    path = _encode(tmp_path / "vfr.mp4", _quadrants(len(times), 32, 32), times=times, fps=8)
+    _, blocks = stream_video(path, block=3)
+    got = np.concatenate([b.times for b in blocks])
+    assert np.allclose(got, times, atol=1e-3)
+    _, blocks = stream_video(path, stride=2)
+    assert np.allclose(np.concatenate([b.times for b in blocks]), times[::2], atol=1e-3)

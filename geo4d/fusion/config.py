@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import numpy as np
 from pydantic import BeforeValidator, Field, field_validator
 from pydantic_core import PydanticCustomError
 
@@ -68,6 +69,11 @@ class FusionConfig(Spec):
             the final depth uses every pixel.
         depth_spread: log-depth spread (≈ relative depth disagreement) at which the output
             confidence of a pixel halves.
+
+    Known camera:
+        intrinsics: ``(fx, fy, cx, cy)`` in the windows' (network) pixels, or None (estimate them).
+            When given, K is fixed at that value for every frame: the focal length and principal point
+            are not estimated, and cameras are solved with it (``shared_focal`` is then implied).
     """
 
     alpha_pointmap: Number = Field(1.0, ge=0, allow_inf_nan=False)
@@ -87,6 +93,23 @@ class FusionConfig(Spec):
     robust_rounds: Count = Field(3, ge=1)
     samples_per_frame: Count = Field(768, ge=16)
     depth_spread: Number = Field(0.05, gt=0, allow_inf_nan=False)
+    intrinsics: tuple[Number, Number, Number, Number] | None = None
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """As :meth:`Spec.fingerprint_dict`, without ``intrinsics`` while unset, so fusions recorded
+        before that setting existed keep their fingerprints."""
+        out = super().fingerprint_dict()
+        if out.get("intrinsics") is None:
+            out.pop("intrinsics", None)
+        return out
+
+    @field_validator("intrinsics")
+    @classmethod
+    def _positive_focal(cls, v):
+        """Known ``(fx, fy, cx, cy)``: both focal lengths > 0 and finite."""
+        if v is not None and (not all(np.isfinite(x) for x in v) or min(v[0], v[1]) <= 0):
+            raise PydanticCustomError("intrinsics", "expected fx, fy > 0 and finite fx, fy, cx, cy")
+        return v
 
     @field_validator("alpha_pointmap")
     @classmethod

@@ -116,6 +116,7 @@ class _Setup:
     st: np.ndarray  # (G,) window starts
     flat: np.ndarray  # (n,) sampled pixel indices
     uv: np.ndarray  # (n, 2) their pixel coordinates
+    uv_square: np.ndarray  # (n, 2) the same with v rescaled to square pixels (known fx ≠ fy), for PnP
     grid: np.ndarray  # (HW, 2) every pixel's coordinates
     pp_fixed: tuple[float, float] | None
     progress: Progress | None
@@ -216,7 +217,8 @@ def fuse(
     win_sigma, disp_fit = _fit_disparities(samples, cams.pairs, state, sinfo, ctx)
     # 6. depth, streamed
     t = time.perf_counter()
-    K = intrinsics_matrix(focals, focals, cx, cy)
+    aspect = 1.0 if ctx.cfg.intrinsics is None else float(ctx.cfg.intrinsics[1]) / float(ctx.cfg.intrinsics[0])
+    K = intrinsics_matrix(focals, focals * aspect, cx, cy)
     depth, conf, points = _fuse_depth(windows, samples, cams.pairs, state, sinfo, win_sigma, disp_fit, K, ctx)
     ctx.timings["depth_s"] = time.perf_counter() - t
     # 7. gauge: median valid depth of frame 0 is 1
@@ -236,7 +238,13 @@ def _setup(windows: Mapping[str, Any], starts: Sequence[int], n_frames: int, cfg
     G, V, H, W, st = _check_layout(windows, starts, n_frames, cfg)
     flat, uv = sample_pixels(H, W, cfg.samples_per_frame)
     pp_fixed = None if cfg.estimate_principal_point else ((W - 1) / 2.0, (H - 1) / 2.0)
-    return _Setup(cfg, G, V, H, W, int(n_frames), st, flat, uv, pixel_grid(H, W).reshape(-1, 2), pp_fixed, progress)
+    uv_square = uv
+    if cfg.intrinsics is not None:
+        fx, fy, cx, cy = (float(v) for v in cfg.intrinsics)
+        pp_fixed = (cx, cy)
+        uv_square = np.stack([uv[:, 0], cy + (uv[:, 1] - cy) * fx / fy], -1)  # pixels of focal fx both ways
+    return _Setup(cfg, G, V, H, W, int(n_frames), st, flat, uv, uv_square, pixel_grid(H, W).reshape(-1, 2), pp_fixed,
+                  progress)
 
 
 def _sample_windows(windows: Mapping[str, Any], ctx: _Setup) -> _Samples:
@@ -308,6 +316,8 @@ def _ray_cameras(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setup) -
 def _shared_intrinsics(s: _Samples, ctx: _Setup) -> tuple[float, float, float]:
     """Step 2a: focal and principal point as weighted medians over windows and modalities."""
     G, cfg = ctx.G, ctx.cfg
+    if cfg.intrinsics is not None:  # a calibrated camera: K is given, not estimated
+        return float(cfg.intrinsics[0]), float(cfg.intrinsics[2]), float(cfg.intrinsics[3])
     fvals, fw = [s.win_intr[:, 0]], [np.full(G, cfg.alpha_pointmap)]
     cxs, cys = [s.win_intr[:, 1]], [s.win_intr[:, 2]]
     if ctx.use_rays:
@@ -337,8 +347,8 @@ def _pair_cameras(s: _Samples, ctx: _Setup, focal: float, cx: float, cy: float) 
     chunk, iterations = 128, 0  # pairs per batched PnP (bounds its temporary arrays)
     for a in range(0, G * V, chunk):
         b = min(G * V, a + chunk)
-        out = pnp(Pq[a:b].astype(np.float64), ctx.uv, wq[a:b], np.full(b - a, focal), cx, cy,
-                  estimate_focal=not ctx.cfg.shared_focal)
+        out = pnp(Pq[a:b].astype(np.float64), ctx.uv_square, wq[a:b], np.full(b - a, focal), cx, cy,
+                  estimate_focal=not ctx.cfg.shared_focal and ctx.cfg.intrinsics is None)
         R_pm[a:b], c_pm[a:b], f_pm[a:b], rms_pm[a:b] = out["R"], out["c"], out["focal"], out["rms"]
         iterations = max(iterations, out["iterations"])
         z = out["depth"]
@@ -357,7 +367,7 @@ def _pair_cameras(s: _Samples, ctx: _Setup, focal: float, cx: float, cy: float) 
 
 def _frame_focals(s: _Samples, cams: _PairCameras, ctx: _Setup, focal: float) -> np.ndarray:
     """Step 2c: (T,) focal per frame: the shared one, or a weighted median over the frame's pairs."""
-    if ctx.cfg.shared_focal:
+    if ctx.cfg.shared_focal or ctx.cfg.intrinsics is not None:
         return np.full(ctx.T, focal)
     pi, pm_ok, cfg = cams.pairs.i, cams.pairs.pm_ok, ctx.cfg
     focals = np.full(ctx.T, np.nan)
@@ -540,7 +550,7 @@ def _diagnostics(s: _Samples, cams: _PairCameras, state, sinfo: dict, disp_fit: 
         "config": ctx.cfg.fingerprint_dict(),
         "gauge": {"kind": gauge_kind, "depth_scale_applied": inv_med},
         "intrinsics": {"focal": float(np.median(focals)), "cx": float(cx), "cy": float(cy),
-                       "shared_focal": ctx.cfg.shared_focal},
+                       "shared_focal": ctx.cfg.shared_focal, "given": ctx.cfg.intrinsics is not None},
         "samples_per_frame": int(ctx.n),
         "windows": win_diag,
         "flagged_windows": flagged,

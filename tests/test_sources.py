@@ -87,3 +87,28 @@ def test_an_archive_records_every_path_of_one_video(videos, tmp_path, prefect_en
     s = Store(store, mode="r")
     (vid,) = s.video_ids()  # decoded and sampled once
     assert s.video_attrs(vid)["source_paths"] == [str(videos / "a" / "clip_0.mp4"), str(videos / "b" / "copy_of_0.mp4")]
+
+
+def test_a_manifest_column_gives_known_intrinsics_per_video(videos, tmp_path, capsys, prefect_env):
+    """``intrinsics`` per manifest row (``fx,fy,cx,cy``, source pixels): that video's fusion keeps K fixed
+    there, the evaluation says K was given; a malformed value rejects its row alone; ``--intrinsics``
+    fills the rows that give none."""
+    import numpy as np
+
+    from storage.store import Store
+
+    rows = {"path": [str(videos / "a" / "clip_0.mp4"), str(videos / "a" / "clip_1.mp4"), str(videos / "b" / "x.mp4")],
+            "intrinsics": ["41,43,23.5,15.5", None, "41,oops,23.5,15.5"]}
+    pq.write_table(pa.table(rows), tmp_path / "m.parquet")
+    store = tmp_path / "k.zarr"
+    rc = main(["archive", str(tmp_path / "m.parquet"), "--store", str(store), "--workers", "0", "--no-report",
+               "--intrinsics", "50,50,24,16"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "'41,oops,23.5,15.5': expected fx,fy,cx,cy" in out, out
+    s = Store(store, mode="r")
+    by = {s.video_info(v).source.rsplit("/", 1)[-1]: v for v in s.video_ids()}
+    K0, K1 = s.read_intrinsics_source(by["clip_0.mp4"]), s.read_intrinsics_source(by["clip_1.mp4"])
+    assert np.allclose(K0[:, [0, 1, 0, 1], [0, 1, 2, 2]], [41, 43, 23.5, 15.5])
+    assert np.allclose(K1[:, [0, 1, 0, 1], [0, 1, 2, 2]], [50, 50, 24, 16])
+    rec = s.stage_record(by["clip_0.mp4"], "evaluate")
+    assert "focal_err_pct" not in rec["metrics"] and rec["intrinsics"].startswith("given")

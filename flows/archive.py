@@ -7,19 +7,20 @@ cluster settings are parameters, it builds the task runner from them and runs ``
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
+from geo4d.framing import plan_framing
 from geo4d.fusion import FusionConfig
 from pipeline.predictors import PredictorSpec, parse_predictor_spec
 from storage.manifest import write_manifest
-from storage.sources import plan_archive
+from storage.sources import parse_intrinsics, plan_archive
 from storage.store import Store
 from tasks.archive import (decode_video_task, evaluate_video_task, fuse_video_task, rejected_summary,
-                           sample_windows_task, unfinished_summary)
+                           report_video_task, sample_windows_task, unfinished_summary)
 from tasks.cluster import archive_task_runner, sampling_placement
 
 _TABLE_KEYS = ("video_id", "source", "status", "failed_stage", "error", "windows_predicted")
@@ -38,19 +39,27 @@ def reconstruct_archive(
     workers: int = 2,
     gpus: int = 0,
     overwrite: bool = False,
+    report: bool = True,
+    resize: str = "crop",
+    intrinsics: str | list[float] | None = None,
 ) -> dict:
     """Reconstruct every video of ``sources`` into ``store``; finished stages are skipped on reruns.
+
+    ``resize`` brings frames to the network size (:mod:`geo4d.framing`); ``intrinsics``
+    (``"fx,fy,cx,cy"``, source pixels) fixes K for every video whose manifest row gives none.
 
     Cluster: ``dask_address`` (an existing scheduler; its workers' ``GPU`` resources place the
     sampling), else ``gpus`` local GPU worker processes plus ``workers`` CPU workers, else
     ``workers`` local in-process workers (0: no Dask, Prefect's thread pool). ``max_gpu_tasks``
     bounds how many videos sample at once where no worker declares GPUs. ``overwrite`` recomputes
     stages finished with other settings (otherwise such a video fails with the differing setting).
+    ``report`` draws each complete video's ``STORE/reports/<id>.png`` (a failure is a warning).
     """
     runner = archive_task_runner(dask_address=dask_address, workers=workers, gpus=gpus)
     videos = archive_videos if runner is None else archive_videos.with_options(task_runner=runner)
     return videos(sources, store, predictor=predictor, fusion=fusion, evaluate=evaluate,
-                  storage_options=storage_options, max_gpu_tasks=max_gpu_tasks, overwrite=overwrite)
+                  storage_options=storage_options, max_gpu_tasks=max_gpu_tasks, overwrite=overwrite, report=report,
+                  resize=resize, intrinsics=intrinsics)
 
 
 @flow(name="archive-videos", log_prints=True)
@@ -63,6 +72,9 @@ def archive_videos(
     storage_options: dict | None = None,
     max_gpu_tasks: int | None = None,
     overwrite: bool = False,
+    report: bool = True,
+    resize: str = "crop",
+    intrinsics: str | list[float] | None = None,
 ) -> dict:
     """Per video: decode → sample-windows (GPU placement) → fuse → evaluate, each its own task.
 
@@ -70,12 +82,17 @@ def archive_videos(
     ``STORE/manifest.parquet`` and a table artifact of per-video results.
     """
     predictor = parse_predictor_spec(predictor)
+    plan_framing((1, 1), (1, 1), resize)  # an unknown resize mode stops the run before any write
+    if intrinsics is not None:
+        intrinsics = ",".join(map(str, parse_intrinsics(intrinsics)))
     entries, rejected = plan_archive(sources)  # ids settled (conflicts refused) before any write
+    entries = [e if e.intrinsics or intrinsics is None else replace(e, intrinsics=intrinsics) for e in entries]
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
     placement = sampling_placement(max_gpu_tasks)
     print(f"{len(entries)} video(s), {len(rejected)} rejected source row(s), {placement.describe()}")
     run = dict(store=store, predictor=predictor, fusion=fusion, evaluate=evaluate,
-               storage_options=storage_options, placement=placement, overwrite=overwrite)
+               storage_options=storage_options, placement=placement, overwrite=overwrite, report=report,
+               resize=resize)
     chains = [(asdict(e), _submit_chain(asdict(e), **run)) for e in entries]
     results = _collect(chains) + [rejected_summary(asdict(r)) for r in rejected]
     order = {e.path: i for i, e in enumerate(entries)}
@@ -87,15 +104,17 @@ def archive_videos(
 
 
 def _submit_chain(source: dict, *, store, predictor, fusion, evaluate, storage_options, placement,
-                  overwrite) -> dict:
+                  overwrite, report=True, resize="crop") -> dict:
     """Submit one video's tasks, each fed the summary of the one before; ``{stage: future}``."""
-    decoded = decode_video_task.submit(source, store, predictor, storage_options, overwrite)
+    decoded = decode_video_task.submit(source, store, predictor, storage_options, overwrite, resize)
     with placement.annotate():
         sampled = sample_windows_task.submit(decoded, store, predictor, storage_options, placement.bound, overwrite)
     chain = {"decode": decoded, "windows": sampled,
              "fuse": fuse_video_task.submit(sampled, store, fusion, storage_options, overwrite)}
     if evaluate:
         chain["evaluate"] = evaluate_video_task.submit(chain["fuse"], store, storage_options, overwrite)
+    if report:
+        chain["report"] = report_video_task.submit(list(chain.values())[-1], store, storage_options)
     return chain
 
 
@@ -122,6 +141,11 @@ def _chain_result(source: dict, chain: dict) -> dict:
     past its retries, a lost worker), the video failed at that task's stage with its error."""
     for fut in chain.values():
         fut.wait()  # the future's own final state, not the API's view of it (which may lag)
+    if "report" in chain and not chain["report"].state.is_completed():  # a figure never fails the video
+        error = _state_error(chain["report"].state)
+        chain = {k: v for k, v in chain.items() if k != "report"}
+        if list(chain.values())[-1].state.is_completed():
+            return dict(list(chain.values())[-1].result(), report=None, report_error=error)
     final = list(chain.values())[-1]
     if final.state.is_completed():
         return final.result()

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from geo4d.cameras import check_shape
 
-__all__ = ["METRIC_COLUMNS", "format_metrics_table", "write_ply", "write_summary_png"]
+__all__ = ["METRIC_COLUMNS", "SummaryInfo", "format_metrics_table", "write_ply", "write_summary_png"]
 
 #: (metrics key, column title, format) of the metrics table the CLI prints.
 METRIC_COLUMNS = (
@@ -68,8 +70,45 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = 
     return len(rec)
 
 
+@dataclass(frozen=True)
+class SummaryInfo:
+    """What the summary figure's title says about the video beside the pictures.
+
+    Attributes:
+        video_id: the video's id; n_frames: its frame count; fps: its frame rate (0: unknown).
+        focal_px: (fx, fy) focal lengths in pixels (e.g. medians over the frames).
+        synthetic: True when the predictions came from the synthetic test instrument (None: unknown).
+        metrics: evaluation metrics (keys of :data:`METRIC_COLUMNS`), or None without ground truth.
+
+    >>> print(SummaryInfo("clip-1", 20, 10.0, (71.4, 71.2), True, {"abs_rel": 0.0123}).title())
+    clip-1 — 20 frames at 10 fps — focal fx 71.4 px, fy 71.2 px
+    predictor: SYNTHETIC test instrument (predictions derived from ground truth, not the network)
+    Abs Rel 0.0123
+    """
+
+    video_id: str
+    n_frames: int
+    fps: float
+    focal_px: tuple[float, float]
+    synthetic: bool | None = None
+    metrics: Mapping[str, float] | None = None
+
+    def title(self) -> str:
+        rate = f"{self.fps:g} fps" if self.fps > 0 else "unknown fps"
+        lines = [f"{self.video_id} — {self.n_frames} frames at {rate} — "
+                 f"focal fx {self.focal_px[0]:.1f} px, fy {self.focal_px[1]:.1f} px"]
+        if self.synthetic is not None:
+            lines.append("predictor: SYNTHETIC test instrument (predictions derived from ground truth, not the network)"
+                         if self.synthetic else "predictor: Geo4D network")
+        shown = [f"{name} {fmt.format(self.metrics[key])}" for key, name, fmt in METRIC_COLUMNS
+                 if self.metrics and self.metrics.get(key) is not None and np.isfinite(self.metrics[key])]
+        if shown:
+            lines.append(" · ".join(shown))
+        return "\n".join(lines)
+
+
 def write_summary_png(
-    path: str | Path,
+    path: str | Path | BinaryIO,
     frames: np.ndarray,
     depth: np.ndarray,
     confidence: np.ndarray,
@@ -77,42 +116,72 @@ def write_summary_png(
     gt_world_from_cam: np.ndarray | None = None,
     title: str = "",
     n_show: int = 4,
+    *,
+    info: SummaryInfo | None = None,
+    shown: Sequence[int] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """A figure with sample frames, depth, confidence and the estimated (vs true) trajectory.
+    """A figure with sample frames, inverse depth, confidence and the estimated (vs true) trajectory.
 
     The true trajectory is Sim(3)-aligned to the estimate's frame for display.
+
+    Args:
+        path: a file name or a binary file object (PNG written to it).
+        frames: (S, H, W, 3) uint8; depth, confidence: (S, H, W) — all T frames (S = T; ``n_show``
+            evenly spaced ones are drawn) or, with ``shown``, just the frames numbered ``shown``.
+        world_from_cam: (T, 4, 4) estimated poses; gt_world_from_cam: (T, 4, 4) true ones, optional.
+        title: a line under ``info``'s title (``info``: video id, frames, fps, focal, predictor, metrics).
+        metadata: PNG text chunks (e.g. what the figure was drawn from).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if shown is None:
+        shown = np.linspace(0, frames.shape[0] - 1, n_show).round().astype(int).tolist()
+        rows = list(shown)
+    else:
+        rows = list(range(len(shown)))
+    fig = plt.figure(figsize=(3.2 * len(shown), 9.6 + (0.9 if info else 0.0)))
+    _draw_frames(fig, frames, depth, confidence, rows, list(shown))
+    _draw_trajectory(fig, world_from_cam, gt_world_from_cam)
+    heading = "\n".join(t for t in ((info.title() if info else ""), title) if t)
+    if heading:
+        fig.suptitle(heading, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, format="png", metadata=dict(metadata or {}))
+    plt.close(fig)
+
+
+def _draw_frames(fig, frames: np.ndarray, depth: np.ndarray, confidence: np.ndarray, rows: list[int],
+                 numbers: list[int]) -> None:
+    """Rows 1–3 of the summary: the frames ``rows`` of the arrays (labelled ``numbers``), their inverse
+    depth (where confident) and confidence."""
+    n = len(rows)
+    for k, (i, number) in enumerate(zip(rows, numbers)):
+        d = np.where(confidence[i] > 0, depth[i], np.nan)
+        for r, (img, name, cmap) in enumerate(((frames[i], f"frame {number}", None), (1.0 / d, "inverse depth", "inferno"),
+                                               (confidence[i], "confidence", "viridis"))):
+            ax = fig.add_subplot(4, n, 1 + r * n + k)
+            ax.imshow(img, cmap=cmap)
+            ax.set_title(name)
+            ax.axis("off")
+
+
+def _draw_trajectory(fig, world_from_cam: np.ndarray, gt_world_from_cam: np.ndarray | None) -> None:
+    """Row 4 of the summary: the camera path from above (x, z) and the camera height (y) per frame."""
     from geo4d.align import umeyama
 
-    T = frames.shape[0]
-    idx: Sequence[int] = np.linspace(0, T - 1, n_show).round().astype(int).tolist()
-    fig = plt.figure(figsize=(3.2 * n_show, 9.6))
-    for k, i in enumerate(idx):
-        ax = fig.add_subplot(4, n_show, 1 + k)
-        ax.imshow(frames[i])
-        ax.set_title(f"frame {i}")
-        ax.axis("off")
-        ax = fig.add_subplot(4, n_show, 1 + n_show + k)
-        d = np.where(confidence[i] > 0, depth[i], np.nan)
-        ax.imshow(1.0 / d, cmap="inferno")
-        ax.set_title("inverse depth")
-        ax.axis("off")
-        ax = fig.add_subplot(4, n_show, 1 + 2 * n_show + k)
-        ax.imshow(confidence[i], cmap="viridis")
-        ax.set_title("confidence")
-        ax.axis("off")
-    ax = fig.add_subplot(4, 2, 7)
     est = world_from_cam[:, :3, 3]
-    ax.plot(est[:, 0], est[:, 2], "-o", ms=2, label="estimated")
+    gta = None
     if gt_world_from_cam is not None:
         gt = gt_world_from_cam[:, :3, 3]
         s, R, t = umeyama(gt, est)
         gta = s * gt @ R.T + t
+    ax = fig.add_subplot(4, 2, 7)
+    ax.plot(est[:, 0], est[:, 2], "-o", ms=2, label="estimated")
+    if gta is not None:
         ax.plot(gta[:, 0], gta[:, 2], "--", label="ground truth (Sim(3)-aligned)")
     ax.set_xlabel("x")
     ax.set_ylabel("z (forward)")
@@ -121,13 +190,8 @@ def write_summary_png(
     ax.legend(fontsize=8)
     ax = fig.add_subplot(4, 2, 8)
     ax.plot(est[:, 1], "-", label="estimated y")
-    if gt_world_from_cam is not None:
+    if gta is not None:
         ax.plot(gta[:, 1], "--", label="ground truth y")
     ax.set_xlabel("frame")
     ax.set_title("camera height (y down)")
     ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)

@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "geo4d_cli.archive",      # archive, status
     "geo4d_cli.export",       # export
     "geo4d_cli.verify",       # verify
+    "geo4d_cli.report",       # report
+    "geo4d_cli.view",         # view
 )
 
 

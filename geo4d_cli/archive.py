@@ -40,7 +40,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     result = reconstruct_archive(
         list(args.sources), args.store, predictor=spec, fusion=fusion, evaluate=not args.no_evaluate,
         max_gpu_tasks=args.max_gpu_tasks, dask_address=args.dask_address, workers=args.workers, gpus=args.gpus,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, report=not args.no_report, resize=args.resize, intrinsics=args.intrinsics,
     )
     dt = time.perf_counter() - t0
     if args.summary_json:
@@ -51,7 +51,18 @@ def cmd_archive(args: argparse.Namespace) -> int:
     for r in result["videos"]:
         if r["status"] != "complete":
             print(f"  FAILED {r['video_id']} ({r['source']}) at {r['failed_stage']}: {r['error']}")
+    _print_reports(args.store, result["videos"])
     return 1 if result["failed"] else 0
+
+
+def _print_reports(store: str, videos: list[dict]) -> None:
+    """Where the run's report figures are, and each one not written with why."""
+    written = [r for r in videos if r.get("report")]
+    if written:
+        print(f"reports: {len(written)} in {store.rstrip('/')}/reports/ (<video id>.png)")
+    for r in videos:
+        if r.get("report_error"):
+            print(f"  report not written for {r['video_id']}: {r['report_error']}")
 
 
 def _write_summary(path: Path, result: dict) -> None:
@@ -105,7 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from geo4d_cli.reconstruct import add_predictor_args
+    from geo4d_cli.reconstruct import NO_REPORT_HELP, add_framing_args, add_predictor_args
 
     p = sub.add_parser("archive", help="reconstruct many videos into one store, concurrently on Dask, resumably")
     p.add_argument("sources", nargs="+", help="video files, directories, globs, or a Parquet/CSV manifest (path, video_id)")
@@ -123,6 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-evaluate", action="store_true", help="skip the evaluation stage")
     p.add_argument("--overwrite", action="store_true",
                    help="recompute stages finished with other settings (default: such videos stop and say what differs)")
+    p.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
+    add_framing_args(p, per_video=", for every video whose manifest row has no 'intrinsics' column value")
     p.add_argument("--summary-json", metavar="FILE",
                    help="also write the run's summary (per video: status, stage seconds, workers, network loads) as JSON")
     add_predictor_args(p)

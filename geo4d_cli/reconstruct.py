@@ -15,6 +15,10 @@ SYNTHETIC_NOTICE = (
 )
 
 
+#: Help of ``--no-report`` (reconstruct and archive).
+NO_REPORT_HELP = ("do not draw the report figure STORE/reports/<id>.png (default: drawn after fusion and "
+                  "evaluation; `geo4d report` redraws it)")
+
 _OVERWRITE_HELP = ("recompute stages finished with other settings (default: stop with one line naming the "
                    "differing setting; nothing is deleted)")
 
@@ -132,6 +136,19 @@ def _open_store(location: str, mode: str = "a"):
     return Store(location, mode=mode)
 
 
+RESIZE_HELP = ("how frames are brought to the network size: crop (scale to cover, cut the borders), pad "
+               "(scale to fit, black bands marked invalid) — both keep square pixels — or stretch (the official "
+               "demo's, for parity; distorts other aspect ratios) (default: crop)")
+
+
+def add_framing_args(p: argparse.ArgumentParser, per_video: str = "") -> None:
+    """``--resize`` and ``--intrinsics``, shared by ``reconstruct`` and ``archive``."""
+    p.add_argument("--resize", choices=["crop", "pad", "stretch"], default="crop", help=RESIZE_HELP)
+    p.add_argument("--intrinsics", metavar="FX,FY,CX,CY",
+                   help="known camera intrinsics in source-video pixels: the fusion keeps K fixed at them instead "
+                        f"of estimating it{per_video} (default: estimated)")
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     video = Path(args.video)
     if not video.is_file():
@@ -140,6 +157,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         raise InputError(f"{video}: permission denied")
     spec = predictor_spec(args)
     fusion = fusion_option(args.fusion)
+    from storage.sources import parse_intrinsics
+
+    intrinsics = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     _open_store(args.store)  # fail fast on a store of another layout, before any work
     if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
@@ -150,11 +170,26 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     result = reconstruct_video(
         str(video), args.store, predictor=spec, video_id=args.video_id, frame_stride=args.frame_stride,
         fusion=fusion, evaluate=not args.no_evaluate, ground_truth=args.ground_truth, overwrite=args.overwrite,
-        lease_wait=0.0 if args.no_wait else None,
+        lease_wait=0.0 if args.no_wait else None, report=not args.no_report, resize=args.resize,
+        intrinsics=intrinsics,
     )
     print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
     _print_stages(result)
+    _print_camera(args.store, result["video_id"])
+    if result.get("report"):
+        r = result["report"]
+        print(f"report: {r['location']}" if r["location"] else f"report not written: {r['error']}")
     return 0
+
+
+def _print_camera(store: str, video_id: str) -> None:
+    """The framing and frame 0's K in source pixels (what a user compares with a calibration)."""
+    s = _open_store(store, mode="r")
+    f, K = s.framing(video_id), s.read_intrinsics_source(video_id)[0]
+    given = ((s.read_fused(video_id).meta.get("diagnostics") or {}).get("intrinsics") or {}).get("given")
+    print(f"  frames {f.source_size[1]}×{f.source_size[0]} (rotated {f.rotation}°) → {f.size[1]}×{f.size[0]} "
+          f"({f.mode}); K in source pixels: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}"
+          + (" (given)" if given else ""))
 
 
 def _print_stages(result: dict) -> None:
@@ -204,6 +239,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help=_OVERWRITE_HELP)
     p.add_argument("--no-wait", action="store_true",
                    help="when another process is writing this video, exit 3 at once instead of waiting for it")
+    p.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
+    add_framing_args(p)
     add_predictor_args(p)
     p.set_defaults(func=cmd_reconstruct)
 

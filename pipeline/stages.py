@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,56 +97,81 @@ def decode_stage(
     *,
     video_id: str | None = None,
     size: tuple[int, int] | None = None,
+    resize: str = "crop",
     frame_stride: int = 1,
     min_frames: int = WINDOW_SIZE,
     run_id: str | None = None,
     progress: Progress | None = None,
     overwrite: bool = False,
 ) -> StageResult:
-    """Decode ``video_path`` (PyAV), resize to ``size`` (H, W) if given, store ``frames``.
+    """Decode ``video_path`` (PyAV) upright, bring it to ``size`` (H, W) by ``resize`` if given, store ``frames``.
 
+    ``resize`` (:mod:`geo4d.framing`): ``crop`` (default) and ``pad`` keep square pixels, ``stretch``
+    is the official demo's. The framing, the source size and rotation, and each frame's
+    presentation time (``frames_pts``) are stored; ``fps`` is the real average rate of the kept frames.
     Frames stream into the store block by block (:func:`geo4d.video.stream_video`), so memory does
     not grow with the video's length. They are staged and become ``frames`` only once the whole
     video has decoded: a missing, unreadable, truncated or too short video raises
     :class:`InputError` and leaves the store as it was. A finished decode of other settings (e.g.
     another size) is kept unless ``overwrite`` (:func:`check_settings`).
     """
-    from geo4d.video import stream_video
+    from geo4d.video import decode_framing, stream_video
 
-    path = Path(video_path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    if not os.access(path, os.R_OK):
-        raise InputError(f"{path}: permission denied")
+    path = _readable(video_path)
     vid = video_id or video_id_for(path)
-    params = {"source": str(path.resolve()), "size": list(size) if size else None, "frame_stride": frame_stride,
-              "content_id": vid}
+    params = {"source": str(path.resolve()), "size": list(size) if size else None, "resize": resize,
+              "frame_stride": frame_stride, "content_id": vid}
     fp = stage_fingerprint(params)
     if store.has_video(vid) and store.is_complete(vid, "decode", fp):
         info = store.video_info(vid)
         return StageResult(vid, "decode", True, fp, details={"n_frames": info.n_frames})
     check_settings(store, vid, "decode", params, fp, overwrite)
     t0 = time.perf_counter()
-    meta, blocks = stream_video(path, size=size, stride=frame_stride,
+    meta, blocks = stream_video(path, size=size, stride=frame_stride, resize=resize,
                                 progress=(lambda k, n: progress(k, n, "decoding")) if progress else None)
+    framing = decode_framing(meta, size, resize)
+    T, times = _stage_frames(store, vid, path, meta, blocks, frame_stride, min_frames, framing)
+    dt = time.perf_counter() - t0
+    store.record_stage(vid, "decode", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"codec": meta.codec, "source_fps": meta.fps, "rotation": meta.rotation,
+                              "source_size": list(meta.upright_size), "coded_size": [meta.height, meta.width]})
+    H, W = framing.size
+    return StageResult(vid, "decode", False, fp, dt, {"n_frames": T, "height": H, "width": W})
+
+
+def _readable(video_path: str) -> Path:
+    path = Path(video_path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    return path
+
+
+def _stage_frames(store: Store, vid: str, path: Path, meta, blocks, frame_stride: int, min_frames: int,
+                  framing) -> tuple[int, np.ndarray]:
+    """Stream the blocks into the store's staging array, then commit them (or discard on any error)."""
+    from geo4d.video import average_rate
+
     fps = meta.fps / frame_stride if meta.fps else 0.0
-    T = H = W = 0
+    T, times = 0, []
     try:
         for block in blocks:
-            store.write_frames(vid, T, block, source=str(path.resolve()), fps=fps,
+            store.write_frames(vid, T, block.frames, source=str(path.resolve()), fps=fps,
                                capacity=meta.n_frames // frame_stride + 1)
-            T, (H, W) = T + len(block), block.shape[1:3]
+            T += len(block.frames)
+            times.append(block.times)
         if T < min_frames:
             raise VideoTooShortError(f"{path}: {T} frames after stride {frame_stride}, fewer than one window of {min_frames}")
+        pts = np.concatenate(times)
+        H, W = framing.size
         # Only now are the frames known complete: earlier frames and records are replaced here.
-        store.commit_frames(VideoInfo(vid, str(path.resolve()), T, H, W, fps), ["decode"] + _downstream("decode"))
+        store.commit_frames(VideoInfo(vid, str(path.resolve()), T, H, W, average_rate(pts) or fps),
+                            ["decode"] + _downstream("decode"), times=pts, framing=framing)
     except BaseException:
         store.discard_frames(vid)
         raise
-    dt = time.perf_counter() - t0
-    store.record_stage(vid, "decode", "complete", parameters=params, run_id=run_id, seconds=dt,
-                       extra={"codec": meta.codec, "source_fps": meta.fps})
-    return StageResult(vid, "decode", False, fp, dt, {"n_frames": T, "height": H, "width": W})
+    return T, pts
 
 
 # ---- windows ---------------------------------------------------------------------------------------
@@ -331,10 +356,13 @@ def fuse_stage(
     progress: Progress | None = None,
     require_upstream: bool = True,
     overwrite: bool = False,
+    intrinsics: Sequence[float] | None = None,
 ) -> StageResult:
     """Fuse the stored windows into per-frame geometry (``fused/``).
 
-    With ``require_upstream=False`` (``geo4d fuse``), the windows need not carry this program's
+    ``intrinsics`` ``(fx, fy, cx, cy)`` in source pixels (a calibrated camera) fixes K, converted to
+    the stored frames' pixels by the video's framing (:mod:`geo4d.framing`). Padded pixels (resize
+    ``pad``) carry no weight and come out invalid. With ``require_upstream=False`` (``geo4d fuse``), the windows need not carry this program's
     stage records: any store following docs/store.md works. A finished fusion of other settings is
     kept unless ``overwrite``.
     """
@@ -343,7 +371,8 @@ def fuse_stage(
     upstream = store.stage_record(video_id, "windows") or {}
     if require_upstream and upstream.get("status") != "complete":
         raise InputError(f"video {video_id}: stage 'windows' is not complete; run it first")
-    config = FusionConfig.parse(fusion, what="fusion")
+    framing = store.framing(video_id)
+    config = _with_known_intrinsics(FusionConfig.parse(fusion, what="fusion"), intrinsics, framing)
     params = {"fusion": config.fingerprint_dict(), "upstream": upstream.get("fingerprint"), "starts": starts}
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "fuse", fp):
@@ -351,13 +380,58 @@ def fuse_stage(
     check_settings(store, video_id, "fuse", params, fp, overwrite)
     t0 = time.perf_counter()
     store.clear_stages(video_id, ["fuse"] + _downstream("fuse"))
-    result = fuse(arrays, starts, info.n_frames, config=config, progress=progress)
+    result = fuse(_masked(arrays, framing), starts, info.n_frames, config=config, progress=progress)
     _checked(store, video_id, "fuse", run_id,
              lambda: validation.validate_fused(result.geometry, info.height, info.width))
-    store.write_fused(video_id, result.geometry, diagnostics=result.diagnostics)
+    store.write_fused(video_id, result.geometry, diagnostics=result.diagnostics,
+                      intrinsics_source=framing.intrinsics_to_source(result.geometry.intrinsics))
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "fuse", "complete", parameters=params, run_id=run_id, seconds=dt)
     return StageResult(video_id, "fuse", False, fp, dt)
+
+
+def _with_known_intrinsics(config: FusionConfig, intrinsics: Sequence[float] | None, framing) -> FusionConfig:
+    """``config`` with K fixed at ``intrinsics`` (source pixels) converted to network pixels."""
+    if intrinsics is None:
+        return config
+    if len(intrinsics) != 4 or not all(np.isfinite(v) for v in intrinsics) or min(intrinsics[:2]) <= 0:
+        raise InputError(f"intrinsics {list(intrinsics)}: expected fx,fy,cx,cy in source pixels with fx, fy > 0")
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    K = framing.intrinsics_to_network(np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]]))
+    return config.model_copy(update={"intrinsics": (K[0, 0], K[1, 1], K[0, 2], K[1, 2])})
+
+
+class _MaskedWindows(dict):
+    """The stored windows with padding (framing ``pad``) given no weight: ``pointmap_conf`` and
+    ``disparity`` are 0 there (0 disparity means no depth), read lazily one window at a time."""
+
+    def __init__(self, arrays: dict, mask: np.ndarray):
+        super().__init__(arrays)
+        for name in ("pointmap_conf", "disparity"):
+            if name in arrays:
+                self[name] = _MaskedArray(arrays[name], mask)
+
+
+@dataclass
+class _MaskedArray:
+    array: Any
+    mask: np.ndarray  # (H, W) bool
+
+    @property
+    def shape(self):
+        return self.array.shape
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    def __getitem__(self, key):
+        return np.where(self.mask, self.array[key], 0).astype(self.array.dtype)
+
+
+def _masked(arrays: dict, framing) -> dict:
+    mask = framing.valid_mask()
+    return arrays if mask.all() else _MaskedWindows(arrays, mask)
 
 
 # ---- evaluate --------------------------------------------------------------------------------------
@@ -386,6 +460,7 @@ def evaluate_stage(
     check_settings(store, video_id, "evaluate", params, fp, overwrite)
     t0 = time.perf_counter()
     metrics: dict[str, float] | None = None
+    extra: dict[str, Any] = {}
     if gt_dir is not None:
         from geo4d.metrics import reconstruction_metrics
 
@@ -399,8 +474,11 @@ def evaluate_stage(
             fused.depth, fused.intrinsics, fused.world_from_cam,
             gt.depth, gt.intrinsics, gt.world_from_cam,
         ).items()}
+        if ((fused.meta.get("diagnostics") or {}).get("intrinsics") or {}).get("given"):
+            metrics.pop("focal_err_pct", None)  # K was given, not estimated: there is no focal error to measure
+            extra["intrinsics"] = "given (--intrinsics): fixed in the fusion, focal error not measured"
         _checked(store, video_id, "evaluate", run_id, lambda: validation.validate_metrics(metrics))
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "evaluate", "complete", parameters=params, run_id=run_id, seconds=dt,
-                       extra={"metrics": metrics})
+                       extra={"metrics": metrics, **extra})
     return StageResult(video_id, "evaluate", False, fp, dt, {"metrics": metrics})

@@ -15,25 +15,28 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from geo4d.errors import Geo4DError, LeaseHeldError, LeaseLostError, SettingsChangedError
 from geo4d.fusion import FusionConfig
 from pipeline import stages
 from pipeline.predictors import PredictorSpec, predictor_image_size
+from pipeline.report import try_video_report
+from storage.sources import parse_intrinsics
 from storage.store import Store
 from tasks.cluster import sampling_slot, worker_identity
 from tasks.common import STAGE_TASK_OPTIONS, is_transient, open_store, progress_logger, video_lease
 
 __all__ = ["new_summary", "rejected_summary", "unfinished_summary", "decode_video_task", "sample_windows_task",
-           "fuse_video_task", "evaluate_video_task"]
+           "fuse_video_task", "evaluate_video_task", "report_video_task"]
 
 
 def new_summary(source: dict) -> dict:
     """The summary an archive video starts with (``source``: a planned :class:`storage.sources.VideoSource`
     as dict, its ``video_id`` set)."""
     return {"video_id": source["video_id"], "source": source["path"], "also": list(source.get("also") or ()),
-            "status": "complete", "failed_stage": None, "error": None, "windows_predicted": 0,
+            "intrinsics": source.get("intrinsics"), "status": "complete", "failed_stage": None, "error": None, "windows_predicted": 0,
             "network_load": None, "seconds": {}, "task_seconds": 0.0, "workers": {}}
 
 
@@ -97,12 +100,12 @@ def _run_id() -> str | None:
 
 @task(name="decode", **STAGE_TASK_OPTIONS)
 def decode_video_task(source: dict, store: str, predictor: PredictorSpec, storage_options: dict | None = None,
-                      overwrite: bool = False) -> dict:
-    """Decode one video of the archive at the size the predictor wants."""
+                      overwrite: bool = False, resize: str = "crop") -> dict:
+    """Decode one video of the archive at the size the predictor wants, brought there by ``resize``."""
     st, summary = open_store(store, storage_options), new_summary(source)
     out = _run_stage(summary, "decode", st, lambda lease: stages.decode_stage(
         st, summary["source"], video_id=summary["video_id"], size=predictor_image_size(predictor),
-        run_id=_run_id(), overwrite=overwrite), storage_options)
+        resize=resize, run_id=_run_id(), overwrite=overwrite), storage_options)
     if out["status"] == "complete" and out["also"]:
         st.record_source_paths(out["video_id"], [out["source"], *out["also"]])
     return out
@@ -134,8 +137,10 @@ def sample_windows_task(summary: dict, store: str, predictor: PredictorSpec, sto
 def fuse_video_task(summary: dict, store: str, fusion: FusionConfig | None = None,
                     storage_options: dict | None = None, overwrite: bool = False) -> dict:
     st = open_store(store, storage_options)
+    known = summary.get("intrinsics")
     return _run_stage(summary, "fuse", st, lambda lease: stages.fuse_stage(
-        st, summary["video_id"], fusion=fusion, run_id=_run_id(), overwrite=overwrite), storage_options)
+        st, summary["video_id"], fusion=fusion, run_id=_run_id(), overwrite=overwrite,
+        intrinsics=None if known is None else parse_intrinsics(known, "intrinsics")), storage_options)
 
 
 @task(name="evaluate", **STAGE_TASK_OPTIONS)
@@ -146,3 +151,15 @@ def evaluate_video_task(summary: dict, store: str, storage_options: dict | None 
         st, summary["video_id"], run_id=_run_id(), overwrite=overwrite), storage_options)
     out["metrics"] = (out.get("details", {}).get("evaluate") or {}).get("metrics")
     return out
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_video_task(summary: dict, store: str, storage_options: dict | None = None) -> dict:
+    """Draw a complete video's report figure into the store (``summary["report"]``: its location);
+    a failure is a warning and ``summary["report_error"]``, never a failed video."""
+    if summary["status"] != "complete":
+        return summary
+    out = try_video_report(store, summary["video_id"], storage_options)
+    if out["error"]:
+        get_run_logger().warning("%s: report not written: %s", summary["video_id"], out["error"])
+    return dict(summary, report=out["location"], report_error=out["error"])

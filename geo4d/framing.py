@@ -35,7 +35,7 @@ import numpy as np
 
 from geo4d.errors import InputError
 
-__all__ = ["RESIZE_MODES", "Framing", "plan_framing", "depth_to_source"]
+__all__ = ["RESIZE_MODES", "Framing", "plan_framing", "depth_to_source", "nearest_to_source"]
 
 #: How frames are brought to the network size (see the module docstring).
 RESIZE_MODES = ("crop", "pad", "stretch")
@@ -150,6 +150,21 @@ def depth_to_source(depth: np.ndarray, framing: Framing, tolerance: float = 0.05
     blend = (c[0] * (1 - fu) + c[1] * fu) * (1 - fv) + (c[2] * (1 - fu) + c[3] * fu) * fv
     lo, hi = c.min(0), c.max(0)
     smooth = (lo > 0) & (hi <= lo * (1 + tolerance))
-    nearest = depth[:, np.rint(v).astype(int)][:, :, np.rint(u).astype(int)]
-    out = np.where(smooth, blend, nearest)
+    out = np.where(smooth, blend, _nearest(depth, u, v))
     return np.where(inside[None], out, 0.0).astype(depth.dtype)
+
+
+def nearest_to_source(values: np.ndarray, framing: Framing) -> np.ndarray:
+    """(T, H, W) network-pixel values (confidence, masks) → (T, H_s, W_s) by nearest neighbour;
+    source pixels outside the network frame (cropped away) are 0."""
+    Hs, Ws = framing.source_size
+    A = framing.network_from_source()
+    u, v = A[0, 0] * np.arange(Ws) + A[0, 2], A[1, 1] * np.arange(Hs) + A[1, 2]
+    H, W = values.shape[1:]
+    inside = ((v >= -0.5) & (v <= H - 0.5))[:, None] & ((u >= -0.5) & (u <= W - 0.5))[None, :]
+    out = _nearest(values, np.clip(u, 0, W - 1), np.clip(v, 0, H - 1))
+    return np.where(inside[None], out, 0).astype(values.dtype)
+
+
+def _nearest(values: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    return values[:, np.rint(v).astype(int)][:, :, np.rint(u).astype(int)]

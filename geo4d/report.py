@@ -1,4 +1,5 @@
-"""Things people look at: the metrics table, a summary figure and a PLY point cloud (pure; no Prefect)."""
+"""Things people look at: the metrics table and a summary figure (pure; no Prefect; point clouds:
+:mod:`geo4d.formats.ply`)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from geo4d.cameras import check_shape
-
-__all__ = ["METRIC_COLUMNS", "SummaryInfo", "format_metrics_table", "write_ply", "write_summary_png"]
+__all__ = ["METRIC_COLUMNS", "SummaryInfo", "format_metrics_table", "write_summary_png"]
 
 #: (metrics key, column title, format) of the metrics table the CLI prints.
 METRIC_COLUMNS = (
@@ -38,36 +37,6 @@ def format_metrics_table(rows: Mapping[str, Mapping[str, float] | None]) -> str:
     widths = [max(len(r[i]) for r in [titles] + body) for i in range(len(titles))]
     line = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
     return "\n".join([line(titles), line(["-" * w for w in widths])] + [line(r) for r in body])
-
-
-def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None) -> int:
-    """Write a binary little-endian PLY point cloud; returns the number of points written.
-
-    Written by hand (a dozen lines): the format is trivial and no maintained dependency is needed.
-
-    Args:
-        points: (N, 3) positions; non-finite rows are dropped.
-        colors: (N, 3) uint8 RGB, optional.
-    """
-    check_shape(points, (None, 3), "points")
-    keep = np.isfinite(points).all(axis=1)
-    pts = np.asarray(points[keep], dtype="<f4")
-    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
-    if colors is not None:
-        check_shape(colors, (points.shape[0], 3), "colors")
-        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    rec = np.empty(len(pts), dtype=fields)
-    rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    if colors is not None:
-        col = np.asarray(colors[keep], dtype=np.uint8)
-        rec["red"], rec["green"], rec["blue"] = col[:, 0], col[:, 1], col[:, 2]
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(rec)}"]
-    header += [f"property {'float' if t == '<f4' else 'uchar'} {n}" for n, t in fields]
-    header += ["end_header"]
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(rec.tobytes())
-    return len(rec)
 
 
 @dataclass(frozen=True)

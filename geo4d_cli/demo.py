@@ -18,7 +18,8 @@ DEMO_NOISE = {"depth_noise": 0.03, "pose_jitter_deg": 0.3}
 
 
 def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 256, seed: int = 0) -> int:
-    from geo4d.report import format_metrics_table, write_ply, write_summary_png
+    from geo4d.formats.ply import write_ply
+    from geo4d.report import format_metrics_table, write_summary_png
     from geo4d.synthetic import make_scene, render, write_video
     from storage.ground_truth import read_ground_truth, write_ground_truth
     from storage.store import Store

@@ -11,13 +11,21 @@ so an interrupted export never lists a half-written video. Each video's frames a
 verified first (:mod:`storage.verify`: every chunk present, decodable, checksum intact): a damaged
 video is not exported but listed with its reason in the index's ``skipped`` column, so a dataset
 never holds fill values in place of lost data.
+
+The standard formats (:func:`export_formats`; docs/exports/) are written per video and format as
+``OUTDIR/<format>/<video_id>/`` by the pure writers of :mod:`geo4d.formats`, each staged in
+``<video_id>.partial`` and renamed when complete, with an ``export.json`` sidecar (provenance, the
+fused result it came from, options); damaged videos are skipped the same way (no index: the caller
+reports them).
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +35,16 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from geo4d.errors import InputError, StoreError
-from storage.store import Store
+from geo4d.formats.depth import DEPTH_FORMATS
+from geo4d.formats.points import Cloud, select_cloud
+from geo4d.formats.tum import frame_timestamps
+from geo4d.framing import Framing, depth_to_source, nearest_to_source
+from geo4d.geometry import Geometry
+from storage.store import Store, VideoInfo
 from storage.verify import check_video
 
-__all__ = ["EXPORT_CONVENTIONS", "export_dataset", "read_index"]
+__all__ = ["EXPORT_CONVENTIONS", "EXPORT_FORMATS", "POINT_BUDGETS", "ExportOptions", "damage_reason", "export_dataset",
+           "export_formats", "parse_formats", "read_index"]
 
 EXPORT_CONVENTIONS = (
     "OpenCV camera axes (x right, y down, z forward); pixel centres at integer (u, v); world_from_cam maps "
@@ -81,22 +95,19 @@ _SCHEMA = pa.schema(
 
 
 def export_dataset(store: Store, outdir: str | Path, video_ids: list[str] | None = None, overwrite: bool = False,
-                   progress: Callable[[str], None] | None = None) -> pa.Table:
+                   progress: Callable[[str], None] | None = None, checked: dict[str, str | None] | None = None
+                   ) -> pa.Table:
     """Export every video whose fuse stage is complete (or ``video_ids``); returns the index table.
 
     A video already exported from the same fused result (same fuse ``finished_at``) is kept unless
     ``overwrite``. Videos not fused are skipped with a message. A damaged video (recorded by
     ``geo4d verify``, or found so by the check of its frames and fused arrays made here) is skipped
-    too: its row has ``skipped`` = the reason and no data (``zarr_path`` null).
+    too: its row has ``skipped`` = the reason and no data (``zarr_path`` null). ``checked``: damage
+    found by an earlier check of this run (video id → reason or None), filled here.
     """
     say = progress or (lambda _m: None)
     out = Path(outdir)
-    have = store.video_ids()
-    if video_ids:
-        unknown = [v for v in video_ids if v not in have]
-        if unknown:
-            raise InputError(f"{store.location}: no video {unknown[0]!r} to export (have: {', '.join(have) or 'none'})")
-    chosen = video_ids or have
+    chosen = _chosen_videos(store, video_ids)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     old = {}
     if (out / "index.parquet").exists():
@@ -115,7 +126,7 @@ def export_dataset(store: Store, outdir: str | Path, video_ids: list[str] | None
             say(f"keep {vid}: already exported from the same fused result")
             rows[vid] = prev
             continue
-        reason = damage_reason(store, vid)
+        reason = _damage(store, vid, checked)
         if reason is None:
             try:
                 rows[vid] = _export_video(store, vid, out, rec)
@@ -133,6 +144,26 @@ def export_dataset(store: Store, outdir: str | Path, video_ids: list[str] | None
     pq.write_table(table, tmp)
     tmp.replace(out / "index.parquet")
     return table
+
+
+def _chosen_videos(store: Store, video_ids: list[str] | None) -> list[str]:
+    """``video_ids`` (each must be in the store; :class:`InputError` otherwise), or all videos."""
+    have = store.video_ids()
+    if video_ids:
+        unknown = [v for v in video_ids if v not in have]
+        if unknown:
+            raise InputError(f"{store.location}: no video {unknown[0]!r} to export (have: {', '.join(have) or 'none'})")
+    return list(video_ids or have)
+
+
+def _damage(store: Store, video_id: str, checked: dict[str, str | None] | None) -> str | None:
+    """:func:`damage_reason`, checked once per export run (``checked`` remembers it)."""
+    if checked is not None and video_id in checked:
+        return checked[video_id]
+    reason = damage_reason(store, video_id)
+    if checked is not None:
+        checked[video_id] = reason
+    return reason
 
 
 def damage_reason(store: Store, video_id: str) -> str | None:
@@ -178,3 +209,294 @@ def _export_video(store: Store, vid: str, out: Path, rec: dict) -> dict:
         "ate": metrics.get("ate"), "rpe_trans": metrics.get("rpe_trans"), "rpe_rot": metrics.get("rpe_rot"),
         "skipped": None,
     }
+
+
+# ---- standard formats (docs/exports/) ---------------------------------------------------------------
+#: ``geo4d export --format`` choices: ``zarr`` the dataset above, the others one directory per video
+#: and format, ``OUTDIR/<format>/<video_id>/``.
+EXPORT_FORMATS = ("zarr", "colmap", "nerfstudio", "tum", "ply", "glb", "depth")
+#: Default point budget (whole video) of the formats holding a point cloud (geo4d.formats.points).
+POINT_BUDGETS = {"colmap": 100_000, "nerfstudio": 100_000, "ply": 1_000_000, "glb": 200_000}
+#: Version of the per-format layout (``export.json``'s ``version``).
+FORMATS_VERSION = 1
+SIDECAR = "export.json"
+_SYNTHETIC_NOTE = ("SYNTHETIC test instrument: the predictions were derived from ground truth, "
+                   "not made by the Geo4D network")
+
+
+def parse_formats(values: list[str] | None) -> list[str]:
+    """``--format`` values (repeated and/or comma-separated) → the formats in order, once each;
+    default ``["zarr"]``; :class:`InputError` naming an unknown one.
+
+    >>> parse_formats(["colmap,tum", "tum"]), parse_formats(None)
+    (['colmap', 'tum'], ['zarr'])
+    """
+    names = [n.strip().lower() for v in (values or ["zarr"]) for n in v.split(",") if n.strip()]
+    for n in names:
+        if n not in EXPORT_FORMATS:
+            raise InputError(f"--format: unknown format {n!r} (choose from {', '.join(EXPORT_FORMATS)})")
+    return list(dict.fromkeys(names)) or ["zarr"]
+
+
+#: Resolutions of the depth export: the store's frames, or the upright source video's pixels.
+DEPTH_RESOLUTIONS = ("network", "source")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """How the standard formats are written: ``max_points`` the point budget of every cloud (None:
+    :data:`POINT_BUDGETS`), ``depth_format`` png or npz, ``resolution`` of the depth maps:
+    ``network`` (the store's frames) or ``source`` (the upright source video's pixels: depth
+    upsampled edge-preserving, confidence by nearest neighbour, K in source pixels; pixels cropped
+    away are 0). The other formats are at the store's resolution, where its frames are."""
+
+    max_points: int | None = None
+    depth_format: str = "png"
+    resolution: str = "network"
+
+    def __post_init__(self) -> None:
+        if self.max_points is not None and self.max_points < 1:
+            raise InputError(f"--max-points: expected a positive number of points, got {self.max_points}")
+        if self.depth_format not in DEPTH_FORMATS:
+            raise InputError(f"--depth-format: expected one of {', '.join(DEPTH_FORMATS)}, got {self.depth_format!r}")
+        if self.resolution not in DEPTH_RESOLUTIONS:
+            raise InputError(f"resolution: expected one of {', '.join(DEPTH_RESOLUTIONS)}, got {self.resolution!r}")
+
+    def budget(self, fmt: str) -> int:
+        return self.max_points if self.max_points is not None else POINT_BUDGETS[fmt]
+
+    def key(self, fmt: str) -> dict:
+        """The options the export of ``fmt`` depends on (an export with other ones is rewritten)."""
+        key: dict = {"version": FORMATS_VERSION, "resolution": "network"}
+        if fmt in POINT_BUDGETS:
+            key["max_points"] = self.budget(fmt)
+        if fmt == "depth":
+            key.update(depth_format=self.depth_format, resolution=self.resolution)
+        return key
+
+
+@dataclass
+class _VideoData:
+    """What the writers get of one video: frames (T, H, W, 3) uint8, the fused geometry, (T,) timestamps."""
+
+    info: VideoInfo
+    frames: np.ndarray
+    fused: Geometry
+    timestamps: np.ndarray
+    provenance: dict
+    framing: Framing
+    intrinsics_source: np.ndarray  # (T, 3, 3) the fused K in source pixels
+
+
+def _provenance(store: Store, vid: str, rec: dict) -> dict:
+    """Where the geometry came from: the predictor (windows record) and the fused result."""
+    windows = store.stage_record(vid, "windows") or {}
+    name = windows.get("predictor") or ((windows.get("parameters") or {}).get("predictor") or {}).get("kind")
+    out = {"video_id": vid, "predictor": name or "unknown", "fused_finished_at": rec.get("finished_at"),
+           "conventions": EXPORT_CONVENTIONS}
+    if str(name or "").startswith("synthetic"):
+        out["note"] = _SYNTHETIC_NOTE
+    return out
+
+
+def _read_video(store: Store, vid: str, rec: dict) -> _VideoData:
+    """The video's frames and fused geometry at the store's (network) resolution."""
+    info = store.video_info(vid)
+    fused = store.read_fused(vid)
+    frames = store.read_frames(vid)
+    if frames.shape[:3] != fused.depth.shape:
+        raise StoreError(f"{store.location}: video {vid}: frames {frames.shape[:3]} and fused depth "
+                         f"{fused.depth.shape} differ in size")
+    times = frame_timestamps(info.n_frames, info.fps, store.frame_times(vid))
+    return _VideoData(info, frames, fused, times, _provenance(store, vid, rec), store.framing(vid),
+                      store.read_intrinsics_source(vid))
+
+
+def _cloud(v: _VideoData, budget: int) -> Cloud:
+    g = v.fused
+    return select_cloud(g.points, v.frames, g.valid, g.confidence, budget)
+
+
+def _comments(v: _VideoData) -> list[str]:
+    p = v.provenance
+    return [f"geo4d export of video {p['video_id']} (fused {p['fused_finished_at']})", f"predictor: {p['predictor']}"] \
+        + ([p["note"]] if "note" in p else []) + [f"conventions: {p['conventions']}"]
+
+
+_UNITS = "the reconstruction's units (one scale per video, not metric unless the reconstruction is)"
+
+
+def _write_colmap(v: _VideoData, d: Path, opts: ExportOptions) -> dict:
+    from geo4d.formats.colmap import write_colmap
+
+    c = _cloud(v, opts.budget("colmap"))
+    return write_colmap(d, v.frames, v.fused.intrinsics, v.fused.world_from_cam, c.points, c.colors)
+
+
+def _write_nerfstudio(v: _VideoData, d: Path, opts: ExportOptions) -> dict:
+    from geo4d.formats.nerfstudio import write_nerfstudio
+
+    g, c = v.fused, _cloud(v, opts.budget("nerfstudio"))
+    return write_nerfstudio(d, v.frames, g.intrinsics, g.world_from_cam, depth=g.depth, valid=g.valid,
+                            points=c.points, colors=c.colors, extras=v.provenance)
+
+
+def _write_tum(v: _VideoData, d: Path, opts: ExportOptions) -> dict:
+    from geo4d.formats.tum import write_tum
+
+    header = "\n".join(_comments(v) + ["timestamp tx ty tz qx qy qz qw (camera-to-world, seconds)"])
+    return write_tum(d, v.timestamps, v.fused.world_from_cam, header)
+
+
+def _write_ply(v: _VideoData, d: Path, opts: ExportOptions) -> dict:
+    from geo4d.formats.ply import write_ply
+
+    c = _cloud(v, opts.budget("ply"))
+    n = write_ply(d / "points.ply", c.points, c.colors, comments=_comments(v))
+    return {"points": n, "file": "points.ply", "min_confidence": c.min_confidence}
+
+
+def _write_glb(v: _VideoData, d: Path, opts: ExportOptions) -> dict:
+    from geo4d.formats.glb import write_glb
+
+    g, c = v.fused, _cloud(v, opts.budget("glb"))
+    out = write_glb(d / "scene.glb", c.points, c.colors, g.intrinsics, g.world_from_cam, (v.info.height, v.info.width),
+                    extras=v.provenance)
+    return {**out, "file": "scene.glb"}
+
+
+def _write_depth(v: _VideoData, d: Path, opts: ExportOptions) -> dict:
+    from geo4d.formats.depth import write_depth_npz, write_depth_pngs
+
+    g = v.fused
+    depth, confidence, K = np.where(g.valid, g.depth, 0.0).astype(np.float32), g.confidence, g.intrinsics
+    if opts.resolution == "source":
+        depth, confidence = depth_to_source(depth, v.framing), nearest_to_source(confidence, v.framing)
+        K = v.intrinsics_source
+    where = {"resolution": opts.resolution, "size": list(depth.shape[1:])}
+    if opts.depth_format == "npz":
+        return {**write_depth_npz(d, depth, confidence, K, g.world_from_cam), **where}
+    side = write_depth_pngs(d, depth, depth > 0, _UNITS, extras={**v.provenance, **where,
+                                                                 "intrinsics": K.tolist()})
+    return {"frames": side["frames"], "scale": side["scale"], **where}
+
+
+_WRITERS: dict[str, Callable[[_VideoData, Path, ExportOptions], dict]] = {
+    "colmap": _write_colmap, "nerfstudio": _write_nerfstudio, "tum": _write_tum, "ply": _write_ply,
+    "glb": _write_glb, "depth": _write_depth}
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    """Replace ``dest`` by the complete ``tmp``: a reader sees the old export or the new one, never a
+    partial one (at most an instant with neither)."""
+    old = dest.with_name(dest.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def _write_format(v: _VideoData, fmt: str, out: Path, opts: ExportOptions) -> tuple[Path, dict]:
+    """Stage ``OUTDIR/<fmt>/<id>.partial``, write the format and its sidecar, rename it into place."""
+    dest = out / fmt / v.info.video_id
+    tmp = dest.with_name(dest.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    summary = _WRITERS[fmt](v, tmp, opts)
+    i = v.info
+    sidecar = {"format": fmt, **v.provenance, "source": i.source, "n_frames": i.n_frames, "height": i.height,
+               "width": i.width, "fps": i.fps, "options": opts.key(fmt), "summary": summary,
+               "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=float))
+    _publish(tmp, dest)
+    return dest, summary
+
+
+def _kept(out: Path, fmt: str, vid: str, rec: dict, opts: ExportOptions) -> bool:
+    """Whether ``OUTDIR/<fmt>/<vid>`` was exported from the same fused result with the same options."""
+    try:
+        side = json.loads((out / fmt / vid / SIDECAR).read_text())
+    except (OSError, ValueError):
+        return False
+    return side.get("fused_finished_at") == rec.get("finished_at") and side.get("options") == opts.key(fmt)
+
+
+def _describe(summary: dict) -> str:
+    """A few words on what was written (for the progress line)."""
+    parts = [f"{summary[k]} {k}" for k in ("images", "frames", "poses", "cameras", "points")
+             if summary.get(k) is not None]
+    if summary.get("scale"):
+        parts.append(f"scale {summary['scale']:.6g}")
+    return ", ".join(parts)
+
+
+def export_formats(store: Store, outdir: str | Path, formats: list[str], video_ids: list[str] | None = None,
+                   overwrite: bool = False, options: ExportOptions | None = None,
+                   progress: Callable[[str], None] | None = None,
+                   checked: dict[str, str | None] | None = None) -> list[dict]:
+    """Export each fused video (or ``video_ids``) in each of ``formats`` (not ``zarr``: see
+    :func:`export_dataset`) to ``OUTDIR/<format>/<video_id>/``; one progress line per video and format.
+
+    Like the dataset: videos not fused are skipped; an export from the same fused result with the same
+    options is kept unless ``overwrite``; a damaged video (:func:`damage_reason`, ``checked`` as there)
+    is skipped and nothing of it written (an earlier export of it stays as it was).
+
+    Returns:
+        one row per video and format: ``video_id``, ``format``, ``status`` (exported, kept, not fused,
+        damaged), ``path`` (or None), ``reason`` (damaged: why), ``summary`` (exported: what was written).
+    """
+    say, opts, out = progress or (lambda _m: None), options or ExportOptions(), Path(outdir)
+    unknown = [f for f in formats if f not in _WRITERS]
+    if unknown:
+        raise InputError(f"--format: {unknown[0]!r} is not a per-video format (choose from {', '.join(_WRITERS)})")
+    rows: list[dict] = []
+    for vid in _chosen_videos(store, video_ids):
+        rec = store.stage_record(vid, "fuse") or {}
+        if rec.get("status") not in ("complete", "damaged"):
+            for fmt in formats:
+                say(f"skip {vid} {fmt}: fuse stage not complete")
+                rows.append(_row(vid, fmt, "not fused"))
+            continue
+        todo = []
+        for fmt in formats:
+            if not overwrite and _kept(out, fmt, vid, rec, opts):
+                say(f"keep {vid} {fmt}: already exported from the same fused result → {out / fmt / vid}")
+                rows.append(_row(vid, fmt, "kept", out / fmt / vid))
+            else:
+                todo.append(fmt)
+        if todo:
+            rows += _export_video_formats(store, vid, rec, todo, out, opts, checked, say)
+    return rows
+
+
+def _row(vid: str, fmt: str, status: str, path: Path | None = None, reason: str | None = None,
+         summary: dict | None = None) -> dict:
+    return {"video_id": vid, "format": fmt, "status": status, "path": str(path) if path else None, "reason": reason,
+            "summary": summary}
+
+
+def _export_video_formats(store: Store, vid: str, rec: dict, formats: list[str], out: Path, opts: ExportOptions,
+                          checked: dict[str, str | None] | None, say: Callable[[str], None]) -> list[dict]:
+    """Check ``vid`` once, read it once, write each of ``formats`` (or skip them all as damaged)."""
+    reason = _damage(store, vid, checked)
+    data = None
+    if reason is None:
+        try:
+            data = _read_video(store, vid, rec)
+        except StoreError as exc:  # damaged between the check and the read
+            reason = str(exc)
+    rows = []
+    for fmt in formats:
+        if data is None:
+            say(f"skip {vid} {fmt}: damaged, not exported: {reason}")
+            rows.append(_row(vid, fmt, "damaged", reason=f"damaged: {reason}"))
+            continue
+        dest, summary = _write_format(data, fmt, out, opts)
+        note = " (SYNTHETIC predictor)" if "note" in data.provenance else ""
+        say(f"exported {vid} {fmt}: {_describe(summary)}{note} → {dest}")
+        rows.append(_row(vid, fmt, "exported", dest, summary=summary))
+    return rows

@@ -22,6 +22,7 @@ from storage.store import Store
 from tasks.archive import (decode_video_task, evaluate_video_task, fuse_video_task, rejected_summary,
                            report_video_task, sample_windows_task, unfinished_summary)
 from tasks.cluster import archive_task_runner, sampling_placement
+from tasks.progress import advance, announce
 
 _TABLE_KEYS = ("video_id", "source", "status", "failed_stage", "error", "windows_predicted")
 
@@ -89,7 +90,9 @@ def archive_videos(
     entries = [e if e.intrinsics or intrinsics is None else replace(e, intrinsics=intrinsics) for e in entries]
     Store(store, storage_options=storage_options)  # refuse a store of another layout before any work
     placement = sampling_placement(max_gpu_tasks)
-    print(f"{len(entries)} video(s), {len(rejected)} rejected source row(s), {placement.describe()}")
+    announce(f"{len(entries)} video(s), {len(rejected)} rejected source row(s), {placement.describe()}")
+    if entries:
+        advance("videos", 0, len(entries), "started")
     run = dict(store=store, predictor=predictor, fusion=fusion, evaluate=evaluate,
                storage_options=storage_options, placement=placement, overwrite=overwrite, report=report,
                resize=resize)
@@ -124,15 +127,17 @@ def _collect(chains: list[tuple[dict, dict]]) -> list[dict]:
     progress_id = create_progress_artifact(progress=0.0, key="archive-progress",
                                            description=f"videos done of {len(chains)}")
     last = {list(chain.values())[-1]: (source, chain) for source, chain in chains}
-    windows = 0
+    windows = failed = 0
     for k, fut in enumerate(as_completed(list(last)), 1):
         res = _chain_result(*last[fut])
         results.append(res)
         windows += res["windows_predicted"]
+        failed += res["status"] != "complete"
         update_progress_artifact(progress_id, progress=100.0 * k / len(chains),
                                  description=f"{k}/{len(chains)} videos done, {windows} windows sampled")
         state = "ok" if res["status"] == "complete" else f"FAILED at {res['failed_stage']}: {res['error']}"
-        print(f"[{k}/{len(chains)}] {res['video_id']} ({res['source']}): {state}")
+        announce(f"[{k}/{len(chains)}] {res['video_id']} ({res['source']}): {state}")
+        advance("videos", k, len(chains), f"{k - failed} ok, {failed} failed, {windows} windows sampled")
     return results
 
 

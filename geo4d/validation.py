@@ -30,7 +30,12 @@ def _context():
         import os
 
         os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+        import logging
+
         import great_expectations as gx
+
+        # its INFO note of a temporary docs directory (a logger set to INFO) would land on the console
+        logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
         _CONTEXT = gx.get_context(mode="ephemeral")
         try:

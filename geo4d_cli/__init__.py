@@ -8,6 +8,7 @@ import importlib
 import sys
 
 from geo4d.errors import Geo4DError, LeaseHeldError
+from tasks.progress import close_console
 
 # Modules providing subcommands, in help order.
 COMMAND_MODULES = (
@@ -29,14 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _show_defaults(parser)
     return parser
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command: its one-line help as its description, and each option's default shown."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                sub.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+                sub.description = sub.description or helps.get(name)
+                _show_defaults(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc = args.func(args)
+        rc = _run(args)
     except LeaseHeldError as exc:  # another writer has the video (`geo4d reconstruct --no-wait`)
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -53,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted", file=sys.stderr)
         return 130
     return int(rc or 0)
+
+
+def _run(args: argparse.Namespace) -> int | None:
+    """The subcommand, with any open progress line closed (and its heartbeat stopped) when it ends."""
+    try:
+        return args.func(args)
+    finally:
+        close_console()
 
 
 def os_error_line(exc: OSError, store: str | None = None) -> str:

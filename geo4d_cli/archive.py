@@ -32,6 +32,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     import distributed  # noqa: F401  -- configures its loggers before Prefect's, as in a Dask worker (quiet)
 
     from flows.archive import reconstruct_archive
+    from tasks.progress import close_console
 
     where = args.dask_address or (f"{args.gpus} local GPU worker(s) + {args.workers} CPU worker(s)" if args.gpus
                                   else f"{args.workers} local Dask worker(s)")
@@ -42,6 +43,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         max_gpu_tasks=args.max_gpu_tasks, dask_address=args.dask_address, workers=args.workers, gpus=args.gpus,
         overwrite=args.overwrite, report=not args.no_report, resize=args.resize, intrinsics=args.intrinsics,
     )
+    close_console()
     dt = time.perf_counter() - t0
     if args.summary_json:
         _write_summary(Path(args.summary_json), result)
@@ -120,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("archive", help="reconstruct many videos into one store, concurrently on Dask, resumably")
     p.add_argument("sources", nargs="+", help="video files, directories, globs, or a Parquet/CSV manifest (path, video_id)")
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="Zarr store path or URL the archive goes into (created if missing)")
     p.add_argument("--workers", type=int, default=2,
                    help="local CPU Dask workers (default 2; 0 = no Dask, one process)")
     p.add_argument("--gpus", type=int, default=0,
@@ -142,5 +144,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_archive)
 
     p = sub.add_parser("status", help="per-video × per-stage table of a store; writes STORE/manifest.parquet")
-    p.add_argument("store")
+    p.add_argument("store", help="Zarr store path or URL")
     p.set_defaults(func=cmd_status)

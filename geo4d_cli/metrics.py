@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Each sequence is reconstructed into STORE (resumable), evaluated with the "
                                    "dataset's protocol, and one Parquet table + Markdown summary is written "
                                    "per run (default <STORE>.results/).")
-    e.add_argument("--dataset", required=True, choices=["sintel", "bonn", "kitti", "tum"])
+    e.add_argument("--dataset", required=True, choices=["sintel", "bonn", "kitti", "tum"],
+                   help="benchmark dataset whose protocol is run")
     e.add_argument("--root", required=True, help="benchmark directory (native or prepared layout, docs/evaluation.md)")
     e.add_argument("--store", required=True, help="reconstruction store (path or URL)")
     e.add_argument("--sequences", help="comma-separated subset of sequences")

@@ -165,6 +165,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print(SYNTHETIC_NOTICE)
     _prefect_env()
     from flows.reconstruct import reconstruct_video
+    from tasks.progress import close_console
 
     t0 = time.perf_counter()
     result = reconstruct_video(
@@ -173,6 +174,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         lease_wait=0.0 if args.no_wait else None, report=not args.no_report, resize=args.resize,
         intrinsics=intrinsics,
     )
+    close_console()
     print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
     _print_stages(result)
     _print_camera(args.store, result["video_id"])
@@ -211,8 +213,14 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     store = _open_store(args.store)
     fusion = fusion_option(args.fusion)
 
+    from tasks.progress import CONSOLE_ENV, console
+
+    os.environ.setdefault(CONSOLE_ENV, "1")
+    screen = console()
+
     def progress(done: int, total: int, message: str = "") -> None:
-        print(f"  fuse {done}/{total} {message}", flush=True)
+        if screen is not None:
+            screen.update("fuse", done, total, message)
 
     t0 = time.perf_counter()
     res = fuse_stage(store, args.video, fusion=fusion, require_upstream=False, progress=progress,
@@ -245,16 +253,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("fuse", help="fuse a video's stored windows (any store following docs/store.md)")
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="Zarr store path or URL holding the video's windows")
     p.add_argument("--video", required=True, help="video id in the store")
     p.add_argument("--fusion", help="fusion options as JSON (see docs/fusion.md)")
     p.add_argument("--overwrite", action="store_true", help="replace a fusion finished with other options")
     p.set_defaults(func=cmd_fuse)
 
     p = sub.add_parser("demo", help="synthesise a scene, reconstruct it with the synthetic predictor, write a report")
-    p.add_argument("--workdir", default="demo-out")
-    p.add_argument("--frames", type=int, default=48)
-    p.add_argument("--height", type=int, default=160)
-    p.add_argument("--width", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", default="demo-out", help="folder for the scene, the store and the report")
+    p.add_argument("--frames", type=int, default=48, help="frames of the synthetic scene")
+    p.add_argument("--height", type=int, default=160, help="frame height of the synthetic scene")
+    p.add_argument("--width", type=int, default=256, help="frame width of the synthetic scene")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic scene")
     p.set_defaults(func=cmd_demo)

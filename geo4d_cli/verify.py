@@ -47,7 +47,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check every chunk of every finished stage (presence, checksums, done "
                        "markers); record damage so that a rerun repairs it; exit 1 when damaged")
-    p.add_argument("store")
+    p.add_argument("store", help="Zarr store path or URL to check")
     p.add_argument("--video", nargs="+", help="only these video ids")
     p.add_argument("--no-record", action="store_true", help="report only; leave the store untouched")
     p.set_defaults(func=cmd_verify)

@@ -217,10 +217,12 @@ def windows_stage(
         todo = [g for g in range(len(starts)) if not done[g]]
         details: dict[str, Any] = {"windows": len(starts), "network_load": None}
         if todo:
+            if progress:
+                progress(len(starts) - len(todo), len(starts), f"{len(todo)} to sample: preparing the predictor")
             predictor, load = _obtain(predictor, spec, info, device)
             details["network_load"] = load.__dict__ if load else None
             if load and progress:
-                progress(0, len(starts), load.message)
+                progress(len(starts) - len(todo), len(starts), load.message)
         summaries = _sample(store, video_id, predictor, starts, todo, window_size, progress, lease)
     details["predicted"] = len(summaries)
     _summaries_of_stored(store, video_id, starts, summaries)
@@ -301,7 +303,8 @@ def _sample(store: Store, video_id: str, predictor: WindowPredictor, starts: lis
             predictor.window_batch = batch // 2
             _free_accelerator_memory()
             if progress:
-                progress(len(summaries), len(starts), f"out of memory: retrying with {batch // 2} windows per call")
+                progress(len(starts) - len(todo) + len(summaries), len(starts),
+                         f"out of memory: retrying with {batch // 2} windows per call")
             todo = [g for g in todo if g not in summaries]
     return summaries
 

@@ -124,7 +124,8 @@ def sample_windows_task(summary: dict, store: str, predictor: PredictorSpec, sto
     def work(lease) -> stages.StageResult:
         with sampling_slot(bound):
             return stages.windows_stage(st, summary["video_id"], predictor, run_id=_run_id(),
-                                        progress=progress_logger(logger), overwrite=overwrite, lease=lease)
+                                        progress=progress_logger(logger, stage="windows", console=False),
+                                        overwrite=overwrite, lease=lease)
 
     out = _run_stage(summary, "windows", st, work, storage_options)
     details = out.get("details", {}).get("windows") or {}

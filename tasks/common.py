@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
 from contextlib import contextmanager
 
 from geo4d.errors import Geo4DError
@@ -34,18 +33,18 @@ def retry_transient(task, task_run, state) -> bool:  # Prefect's retry_condition
     return is_transient(exc)
 
 
-def progress_logger(logger, every: int = 1):
-    """A ``progress(done, total, message)`` callable that logs through a Prefect run logger."""
+def progress_logger(logger, every: int = 1, stage: str = "", console: bool = True):
+    """A ``progress(done, total, message)`` callable: every ``every``-th step (and the last) to the
+    Prefect run logger, and every step to the command's console (:mod:`tasks.progress`, which
+    throttles it) unless ``console`` is False (an archive's videos: their lines would interleave)."""
+    from tasks.progress import console as open_console
 
     def progress(done: int, total: int, message: str = "") -> None:
-        console = os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1"  # set by the `geo4d` CLI
         if total and (done % every == 0 or done == total):
-            logger.info("%s/%s %s", done, total, message)
-            if console:
-                try:
-                    print(f"  {done}/{total} {message}", flush=True)
-                except BrokenPipeError:  # the terminal's reader is gone (`| head`): keep working silently
-                    os.environ["GEO4D_CONSOLE_PROGRESS"] = "0"
+            logger.info("%s %s/%s %s", stage, done, total, message)
+        screen = open_console() if console else None
+        if screen is not None and total:
+            screen.update(stage or "progress", done, total, message)
 
     return progress
 
@@ -73,11 +72,15 @@ def report_stage(result) -> dict:
 
     from prefect import get_run_logger
 
+    from tasks.progress import say
+
     logger = get_run_logger()
     if result.skipped:
         logger.info("%s: %s already complete, skipped", result.video_id, result.stage)
+        say(f"  {result.stage}: already complete, skipped")
     else:
         logger.info("%s: %s done in %.2f s", result.video_id, result.stage, result.seconds)
+        say(f"  {result.stage}: done in {result.seconds:.1f} s")
     return asdict(result)
 
 
@@ -88,13 +91,13 @@ def video_lease(store: str, video_id: str, storage_options: dict | None = None, 
     from prefect.runtime import flow_run
 
     from storage.leases import VideoLease
+    from tasks.progress import say
 
     lease = VideoLease(store, video_id, run_id=str(flow_run.id) if flow_run.id else None,
                        storage_options=storage_options)
 
     def waiting(holder) -> None:
-        if os.environ.get("GEO4D_CONSOLE_PROGRESS") == "1":
-            print(f"  video {video_id} is being written by {holder.describe()}: waiting for it", flush=True)
+        say(f"  video {video_id} is being written by {holder.describe()}: waiting for it")
 
     lease.acquire(wait=wait, on_wait=waiting)
     try:

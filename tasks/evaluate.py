@@ -33,7 +33,8 @@ def sequence_task(dataset: str, root: str, sequence: str, store: str, predictor:
     row = benchmark.benchmark_sequence(
         open_store(store, storage_options), dataset, root, sequence, predictor, label=label, input_size=input_size,
         depth_align=depth_align, fusion=fusion, window_size=window_size, window_stride=window_stride,
-        run_id=str(flow_run.id), progress=progress_logger(logger), fuse_progress=progress_logger(logger, every=5))
+        run_id=str(flow_run.id), progress=progress_logger(logger, stage="windows"),
+        fuse_progress=progress_logger(logger, every=5, stage="fuse"))
     if row.get("error"):
         logger.error("%s/%s failed: %s", dataset, sequence, row["error"])
     return row

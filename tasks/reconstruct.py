@@ -33,7 +33,8 @@ def decode_task(video: str, store: str, video_id: str | None = None, size: tuple
     with video_lease(store, vid, storage_options, lease_wait):
         res = stages.decode_stage(st, video, video_id=vid, size=size, resize=resize,
                                   frame_stride=frame_stride, run_id=str(flow_run.id),
-                                  progress=progress_logger(get_run_logger(), every=64), overwrite=overwrite)
+                                  progress=progress_logger(get_run_logger(), every=64, stage="decode"),
+                                  overwrite=overwrite)
     return report_stage(res)
 
 
@@ -43,8 +44,8 @@ def windows_task(store: str, video_id: str, predictor: PredictorSpec, window_siz
                  lease_wait: float | None = None) -> dict:
     with video_lease(store, video_id, storage_options, lease_wait) as lease:
         res = stages.windows_stage(open_store(store, storage_options), video_id, predictor, window_size=window_size,
-                                   stride=stride, run_id=str(flow_run.id), progress=progress_logger(get_run_logger()),
-                                   overwrite=overwrite, lease=lease)
+                                   stride=stride, run_id=str(flow_run.id), overwrite=overwrite, lease=lease,
+                                   progress=progress_logger(get_run_logger(), stage="windows"))
     return report_stage(res)
 
 
@@ -54,7 +55,7 @@ def fuse_task(store: str, video_id: str, fusion: FusionConfig | None = None,
               intrinsics: list[float] | None = None) -> dict:
     with video_lease(store, video_id, storage_options, lease_wait):
         res = stages.fuse_stage(open_store(store, storage_options), video_id, fusion=fusion, run_id=str(flow_run.id),
-                                progress=progress_logger(get_run_logger(), every=5), overwrite=overwrite,
+                                progress=progress_logger(get_run_logger(), every=5, stage="fuse"), overwrite=overwrite,
                                 intrinsics=intrinsics)
     return report_stage(res)
 

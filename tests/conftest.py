@@ -39,3 +39,20 @@ def prefect_env():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+def write_synthetic_videos(directory: Path, seeds, *, n_frames: int = 20, height: int = 48, width: int = 64,
+                           name: str = "v{i}", fps: float = 10) -> list[Path]:
+    """Render one SYNTHETIC scene per seed into ``directory``: ``<name>.mp4`` beside its ``<name>.gt``
+    ground truth (``name`` formatted with the index ``i``); the video paths."""
+    from geo4d.synthetic import make_scene, render, write_video
+    from storage.ground_truth import write_ground_truth
+
+    paths = []
+    for i, seed in enumerate(seeds):
+        r = render(make_scene(seed=seed, n_frames=n_frames, height=height, width=width))
+        stem = Path(directory) / name.format(i=i)
+        write_video(stem.with_suffix(".mp4"), r.frames, fps=fps)
+        write_ground_truth(stem.with_suffix(".gt"), r.geometry)
+        paths.append(stem.with_suffix(".mp4"))
+    return paths

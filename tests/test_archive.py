@@ -5,6 +5,8 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_synthetic_videos
+
 from geo4d_cli import main
 from geo4d.errors import InputError
 from storage.sources import resolve_sources
@@ -12,14 +14,8 @@ from storage.sources import resolve_sources
 
 @pytest.fixture(scope="module")
 def archive_dir(tmp_path_factory):
-    from geo4d.synthetic import make_scene, render, write_video
-    from storage.ground_truth import write_ground_truth
-
     d = tmp_path_factory.mktemp("archive")
-    for i in range(6):
-        r = render(make_scene(seed=10 + i, n_frames=20, height=48, width=64))
-        write_video(d / f"clip_{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"clip_{i}.gt", r.geometry)
+    write_synthetic_videos(d, range(10, 16), name="clip_{i}")
     good = (d / "clip_0.mp4").read_bytes()
     (d / "corrupt.mp4").write_bytes(good[: len(good) // 3])
     (d / "notes.mp4").write_text("a text file renamed .mp4\n" * 20)

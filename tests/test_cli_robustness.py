@@ -13,20 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_synthetic_videos
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
-    from geo4d.synthetic import make_scene, render, write_video
-    from storage.ground_truth import write_ground_truth
-
-    d = tmp_path_factory.mktemp("robust")
-    for i in range(2):
-        r = render(make_scene(seed=60 + i, n_frames=20, height=48, width=64))
-        write_video(d / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"v{i}.gt", r.geometry)
-    return d / "v0.mp4"
+    return write_synthetic_videos(tmp_path_factory.mktemp("robust"), [60, 61])[0]
 
 
 def _env(tmp_path: Path) -> dict:

@@ -8,23 +8,20 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from conftest import write_synthetic_videos
+
 from geo4d_cli import main
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     from pipeline import stages
-    from geo4d.synthetic import make_scene, render, write_video
-    from storage.ground_truth import write_ground_truth
     from storage.store import Store
 
     d = tmp_path_factory.mktemp("exp")
     s = Store(d / "s.zarr")
-    for i in range(3):
-        r = render(make_scene(seed=50 + i, n_frames=20, height=48, width=64))
-        write_video(d / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"v{i}.gt", r.geometry)
-        vid = stages.decode_stage(s, str(d / f"v{i}.mp4"), video_id=f"v{i}").video_id
+    for i, path in enumerate(write_synthetic_videos(d, [50, 51, 52])):
+        vid = stages.decode_stage(s, str(path), video_id=f"v{i}").video_id
         if i < 2:  # v2 stays only decoded
             stages.windows_stage(s, vid, {"kind": "synthetic"})
             stages.fuse_stage(s, vid)

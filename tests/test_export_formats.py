@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from scipy.spatial.transform import Rotation
 
+from conftest import write_synthetic_videos
 from geo4d_cli import main
 
 ALL = ["colmap,nerfstudio", "--format", "tum", "--format", "ply,glb,depth"]
@@ -33,18 +34,13 @@ def _run(argv: list[str]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from geo4d.synthetic import make_scene, render, write_video
     from pipeline import stages
-    from storage.ground_truth import write_ground_truth
     from storage.store import Store
 
     d = tmp_path_factory.mktemp("fmt")
     s = Store(d / "s.zarr")
-    for i in range(2):
-        r = render(make_scene(seed=70 + i, n_frames=20, height=48, width=64))
-        write_video(d / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"v{i}.gt", r.geometry)
-        stages.decode_stage(s, str(d / f"v{i}.mp4"), video_id=f"v{i}")
+    for i, path in enumerate(write_synthetic_videos(d, [70, 71])):
+        stages.decode_stage(s, str(path), video_id=f"v{i}")
     stages.windows_stage(s, "v0", {"kind": "synthetic"})  # v1 stays only decoded
     stages.fuse_stage(s, "v0")
     stages.evaluate_stage(s, "v0")
@@ -310,17 +306,13 @@ def cropped_store(tmp_path_factory):
     ``--resize crop`` records; set by hand because the synthetic predictor needs frames at its ground
     truth's size)."""
     from geo4d.framing import plan_framing
-    from geo4d.synthetic import make_scene, render, write_video
     from pipeline import stages
-    from storage.ground_truth import write_ground_truth
     from storage.store import Store
 
     d = tmp_path_factory.mktemp("crop")
-    r = render(make_scene(seed=75, n_frames=20, height=48, width=80))
-    write_video(d / "c.mp4", r.frames, fps=10)
-    write_ground_truth(d / "c.gt", r.geometry)
+    (video,) = write_synthetic_videos(d, [75], width=80, name="c")
     s = Store(d / "s.zarr")
-    stages.decode_stage(s, str(d / "c.mp4"), video_id="c")
+    stages.decode_stage(s, str(video), video_id="c")
     framing = plan_framing((96, 200), (48, 80), "crop")
     assert framing.scaled_size == (48, 100) and framing.offset == (0, 10)
     s._video_group("c").attrs.update({"framing": framing.to_dict()})

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_synthetic_videos
+
 from geo4d.errors import LeaseHeldError, LeaseLostError
 from storage.leases import VideoLease, read_lease
 from storage.store import Store
@@ -62,14 +64,8 @@ def test_a_dead_holder_on_this_host_is_taken_over_at_once(store):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from geo4d.synthetic import make_scene, render, write_video
-    from storage.ground_truth import write_ground_truth
-
     d = tmp_path_factory.mktemp("leased")
-    for i in range(2):
-        r = render(make_scene(seed=80 + i, n_frames=40, height=64, width=96))
-        write_video(d / f"v{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"v{i}.gt", r.geometry)
+    write_synthetic_videos(d, [80, 81], n_frames=40, height=64, width=96)
     return d
 
 

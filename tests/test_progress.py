@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import write_synthetic_videos
+
 from tasks.progress import ConsoleProgress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,14 +131,8 @@ def test_progress_logger_routes_to_the_console_unless_told_not(monkeypatch):
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
-    from geo4d.synthetic import make_scene, render, write_video
-    from storage.ground_truth import write_ground_truth
-
     d = tmp_path_factory.mktemp("progress")
-    for i in range(3):
-        r = render(make_scene(seed=80 + i, n_frames=20, height=48, width=64))
-        write_video(d / f"p{i}.mp4", r.frames, fps=10)
-        write_ground_truth(d / f"p{i}.gt", r.geometry)
+    write_synthetic_videos(d, [80, 81, 82], name="p{i}")
     return d
 
 

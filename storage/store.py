@@ -224,6 +224,7 @@ class Store:
     def __init__(self, location: str | os.PathLike, mode: str = "a", storage_options: dict | None = None):
         self.location = str(location)
         self.mode = mode
+        self.storage_options = storage_options
         if mode not in ("a", "r"):
             raise ValueError(f"mode: expected 'a' or 'r', got {mode!r}")
         store: Any
@@ -352,9 +353,12 @@ class Store:
             grp.attrs["source_paths"] = list(paths)
 
     def delete_video(self, video_id: str) -> None:
-        """Remove ``videos/<id>`` and everything under it."""
+        """Remove ``videos/<id>`` and everything under it, and its report figure."""
+        from storage.reports import delete_report  # the reports module builds on this one
+
         self._video_group(video_id)
         del self.root[f"videos/{video_id}"]
+        delete_report(self, video_id, self.storage_options)
 
     def video_array(self, video_id: str, path: str) -> zarr.Array:
         """The array ``videos/<id>/<path>`` (e.g. ``fused/depth``); :class:`StoreError` when absent."""

@@ -179,3 +179,18 @@ def test_the_archive_writes_one_report_per_complete_video(scenes, tmp_path, monk
     assert sorted(p.name for p in (store / "reports").glob("*.png")) == [f"{ids['clip_0']}.png"]
     _not_blank(_pixels(store / "reports" / f"{ids['clip_0']}.png"))
     assert "reports: 1 in" in out and f"report not written for {ids['clip_1']}: RuntimeError" in out
+
+
+def test_deleting_a_video_removes_its_report(tmp_path):
+    from conftest import write_synthetic_videos
+    from pipeline import stages
+    from storage.reports import has_report, write_report
+    from storage.store import Store
+
+    s = Store(tmp_path / "s.zarr")
+    for i, path in enumerate(write_synthetic_videos(tmp_path, [95, 96], n_frames=16, height=32, width=48)):
+        stages.decode_stage(s, str(path), video_id=f"v{i}")
+        write_report(s, f"v{i}", b"\x89PNG fake")
+    s.delete_video("v0")
+    assert not has_report(s, "v0") and has_report(s, "v1")
+    assert s.video_ids() == ["v1"]

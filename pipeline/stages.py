@@ -406,11 +406,12 @@ def _with_known_intrinsics(config: FusionConfig, intrinsics: Sequence[float] | N
 
 class _MaskedWindows(dict):
     """The stored windows with padding (framing ``pad``) given no weight: ``pointmap_conf`` and
-    ``disparity`` are 0 there (0 disparity means no depth), read lazily one window at a time."""
+    ``disparity`` are 0 there (0 disparity means no depth), and so is ``ray_dir`` (a zero direction
+    is no ray: the padded pixels take no part in the ray cameras), read lazily one window at a time."""
 
     def __init__(self, arrays: dict, mask: np.ndarray):
         super().__init__(arrays)
-        for name in ("pointmap_conf", "disparity"):
+        for name in ("pointmap_conf", "disparity", "ray_dir"):
             if name in arrays:
                 self[name] = _MaskedArray(arrays[name], mask)
 
@@ -429,7 +430,9 @@ class _MaskedArray:
         return self.array.dtype
 
     def __getitem__(self, key):
-        return np.where(self.mask, self.array[key], 0).astype(self.array.dtype)
+        channels = len(self.array.shape) == 5  # (G, V, H, W, 3): the mask broadcasts over the last axis
+        mask = self.mask[..., None] if channels else self.mask
+        return np.where(mask, self.array[key], 0).astype(self.array.dtype)
 
 
 def _masked(arrays: dict, framing) -> dict:

@@ -75,3 +75,36 @@ def test_depth_upsampling_keeps_edges_sharp_and_interpolates_smooth_surfaces():
     holes[0, :, 40] = 0  # invalid pixels stay invalid, never blended into their neighbours
     h = depth_to_source(holes, f)
     assert (h[0][:, 80:82] == 0).all() and (h[0][h[0] > 0] >= 2.0).all()
+
+
+def test_padded_pixels_take_no_part_in_the_ray_cameras():
+    """Padding bands (framing ``pad``) zero the rays there: the network's rays of the black bands
+    (here random) no longer bend the window's cameras."""
+    from geo4d.cameras import intrinsics_matrix
+    from geo4d.fusion.window_cameras import plucker_cameras
+    from geo4d.plucker import plucker_rays
+    from pipeline.stages import _masked
+    from scipy.spatial.transform import Rotation
+
+    f = plan_framing((64, 24), (32, 48), "pad")  # a portrait source: bands left and right
+    mask = f.valid_mask()
+    assert not mask.all()
+    V, (H, W) = 4, f.size
+    poses = np.repeat(np.eye(4)[None], V, axis=0)
+    poses[:, :3, :3] = Rotation.from_euler("y", np.linspace(0, 6, V)[:, None], degrees=True).as_matrix()
+    poses[:, :3, 3] = np.linspace(0, 0.2, V)[:, None] * np.array([1.0, 0, 0])
+    d, m = plucker_rays(poses, intrinsics_matrix(40.0, 40.0, (W - 1) / 2, (H - 1) / 2), H, W)
+    rng = np.random.default_rng(0)
+    d[:, ~mask] = rng.normal(size=d[:, ~mask].shape)  # what a network may predict in the bands
+    windows = {"ray_dir": d[None], "ray_moment": m[None], "pointmap_conf": np.ones((1, V, H, W)),
+               "disparity": np.ones((1, V, H, W))}
+    masked = _masked(windows, f)
+    assert np.all(masked["ray_dir"][0][:, ~mask] == 0) and np.array_equal(masked["ray_dir"][0][:, mask], d[:, mask])
+
+    def rotation_error_deg(ray_dir):
+        cams = plucker_cameras(ray_dir, m)
+        rel = np.einsum("vji,vjk->vik", cams.ref_from_cam_R, poses[:, :3, :3])
+        return np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1))).max()
+
+    assert rotation_error_deg(masked["ray_dir"][0]) < 1e-6
+    assert rotation_error_deg(d) > 0.5  # unmasked, the bands' rays spoil the rotations

@@ -20,13 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from geo4d.errors import StoreError
-from storage.store import _POSE_KEY, Store, require_group
+from storage.store import _POSE_KEY, REPORTS_GROUP, Store, require_group
 
-__all__ = ["REPORTS_GROUP", "report_location", "write_report", "read_report", "has_report", "delete_report",
-           "read_report_inputs"]
+__all__ = ["REPORTS_GROUP", "report_location", "write_report", "read_report", "has_report", "read_report_inputs"]
 
-#: The store's group holding the report figures.
-REPORTS_GROUP = "reports"
 
 
 def _fs(location: str, storage_options: dict | None):
@@ -62,16 +59,6 @@ def write_report(store: Store, video_id: str, png: bytes, storage_options: dict 
         fs.rm(tmp)
         raise
     return report_location(store, video_id)
-
-
-def delete_report(store: Store, video_id: str, storage_options: dict | None = None) -> bool:
-    """Remove the report of ``video_id`` if there is one; whether there was."""
-    fs, path = _path(store, video_id, storage_options)
-    try:
-        fs.rm(path)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def has_report(store: Store, video_id: str, storage_options: dict | None = None) -> bool:

@@ -73,6 +73,9 @@ FUSED_MANTISSA_BITS = 10
 _ROUNDED_FUSED = ("depth", "confidence", "points")
 _VIDEO_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
+#: The store's group of report figures, ``reports/<video_id>.png`` (written by :mod:`storage.reports`).
+REPORTS_GROUP = "reports"
+
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -224,7 +227,6 @@ class Store:
     def __init__(self, location: str | os.PathLike, mode: str = "a", storage_options: dict | None = None):
         self.location = str(location)
         self.mode = mode
-        self.storage_options = storage_options
         if mode not in ("a", "r"):
             raise ValueError(f"mode: expected 'a' or 'r', got {mode!r}")
         store: Any
@@ -353,12 +355,10 @@ class Store:
             grp.attrs["source_paths"] = list(paths)
 
     def delete_video(self, video_id: str) -> None:
-        """Remove ``videos/<id>`` and everything under it, and its report figure."""
-        from storage.reports import delete_report  # the reports module builds on this one
-
+        """Remove ``videos/<id>`` and everything under it, and its report figure (:mod:`storage.reports`)."""
         self._video_group(video_id)
         del self.root[f"videos/{video_id}"]
-        delete_report(self, video_id, self.storage_options)
+        sync(self.root.store.delete(f"{REPORTS_GROUP}/{video_id}.png"))  # nothing happens when there is none
 
     def video_array(self, video_id: str, path: str) -> zarr.Array:
         """The array ``videos/<id>/<path>`` (e.g. ``fused/depth``); :class:`StoreError` when absent."""

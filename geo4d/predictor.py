@@ -15,7 +15,7 @@ import numpy as np
 
 from geo4d.cameras import check_shape
 
-__all__ = ["WindowPrediction", "WindowPredictor", "MODALITIES"]
+__all__ = ["WindowPrediction", "WindowPredictor", "MODALITIES", "stacked_windows"]
 
 #: Store names of the per-window modalities, in store order.
 MODALITIES = ("pointmap", "pointmap_conf", "ray_dir", "ray_moment", "disparity")
@@ -83,3 +83,19 @@ class WindowPredictor(abc.ABC):
     def parameters(self) -> dict:
         """Settings that change the predictions (recorded in the store's stage record)."""
         return {"name": self.name}
+
+
+def stacked_windows(predictor: WindowPredictor, video: np.ndarray, starts: Sequence[int],
+                    size: int = 16) -> dict[str, np.ndarray]:
+    """Every window's prediction, modality by modality: ``{name: (G, V, H, W[, 3])}`` — the layout
+    :func:`geo4d.fusion.fuse` reads (for notebooks, tests and benchmarks; the pipeline streams
+    windows through the store instead).
+
+    Args:
+        video: (T, H, W, 3) uint8 frames; starts: the G window starts; size: frames per window (V).
+    """
+    out: dict[str, list[np.ndarray]] = {k: [None] * len(starts) for k in MODALITIES}
+    for g, pred in predictor.predict_windows(video, starts, size):
+        for k in MODALITIES:
+            out[k][g] = getattr(pred, k)
+    return {k: np.stack(v) for k, v in out.items()}

@@ -60,6 +60,8 @@ def _one_line(what: str, cls: type[BaseModel], exc: ValidationError) -> str:
         return f"{what}: unknown key {key.split('.')[-1]!r} (allowed: {allowed})"
     if err["type"] == "missing":
         return f"{what}: {key} is required"
+    if not key:  # a check of the whole mapping (its message names the keys)
+        return f"{what}: {err['msg']}"
     return f"{what}: {key}: {err['msg']} (got {err.get('input')!r})"
 
 

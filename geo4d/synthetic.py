@@ -104,7 +104,7 @@ class SyntheticScene:
 
     Attributes:
         seed, n_frames, height, width, fps: as given to :func:`make_scene`.
-        K: (3, 3) pinhole intrinsics (the same for every frame).
+        K: (3, 3) pinhole intrinsics of frame 0 (of every frame unless ``focal_scale`` is set).
         scene_from_cam: (T, 4, 4) camera poses in the scene frame.
         ground_y: height of the ground plane (scene y, down positive).
         ground_extent: (x_min, x_max, z_min, z_max) of the ground rectangle.
@@ -113,6 +113,8 @@ class SyntheticScene:
         noise_lattice: (64, 64) random values behind every texture.
         sun: (3,) unit direction towards the light, in the scene frame.
         params: the random draws that define the scene (JSON-able, for the record).
+        focal_scale: (T,) factor of frame i's focal length ``fx = fy`` relative to ``K``'s (a zoom),
+            or None (a fixed focal length).
     """
 
     seed: int
@@ -129,6 +131,16 @@ class SyntheticScene:
     noise_lattice: np.ndarray
     sun: np.ndarray
     params: dict = field(default_factory=dict)
+    focal_scale: np.ndarray | None = None
+
+    @property
+    def intrinsics(self) -> np.ndarray:
+        """(T, 3, 3) pinhole ``K`` of every frame (``K`` with ``fx = fy`` times ``focal_scale``)."""
+        Ks = np.repeat(self.K[None], self.n_frames, axis=0)
+        if self.focal_scale is not None:
+            Ks[:, 0, 0] *= self.focal_scale
+            Ks[:, 1, 1] *= self.focal_scale
+        return Ks
 
     @property
     def world_from_cam(self) -> np.ndarray:
@@ -250,6 +262,8 @@ def make_scene(
     fps: float = 10.0,
     n_static: int = 4,
     n_dynamic: int = 3,
+    turn_accel_deg: float = 0.0,
+    zoom: float = 0.0,
 ) -> SyntheticScene:
     """Draw a random dynamic scene and camera path (deterministic per ``seed``).
 
@@ -267,6 +281,14 @@ def make_scene(
         n_frames, height, width: video size (T, H, W).
         fps: frame rate recorded with the video.
         n_static, n_dynamic: numbers of static boxes and moving objects.
+        turn_accel_deg: 0 (default) or the peak angular acceleration (degrees/frame²) of an extra fast
+            yaw turn added to the drawn path (see :func:`_add_fast_turn`); it draws nothing from the
+            random stream, so the rest of the scene is the one the seed gives without it.
+        zoom: relative change of the focal length over the video (0: fixed, default; 0.3: the last
+            frame's ``fx = fy`` is 1.3× the first's), along the smooth ease ``(1 − cos(π s))/2`` of
+            the time ``s`` ∈ [0, 1]: ``f_i = f (1 + zoom (1 − cos(π s_i))/2)``. It draws nothing from
+            the random stream (the scene is the one the seed gives without it; the content is
+            placed for frame 0's field of view).
 
     Returns:
         A :class:`SyntheticScene` for :func:`render`.
@@ -285,6 +307,8 @@ def make_scene(
     K, params["intrinsics"] = _draw_intrinsics(rng, H, W)
     f = params["intrinsics"]["fx"]
     path = _draw_camera_path(rng, T, H, f)
+    if turn_accel_deg:
+        path = _add_fast_turn(path, float(turn_accel_deg))
     params["camera"] = path.params
     ground_y = float(rng.uniform(1.4, 1.8))
     back_z = float(rng.uniform(18, 22))
@@ -298,11 +322,23 @@ def make_scene(
     sun /= np.linalg.norm(sun)
     params.update({"ground_y": ground_y, "back_z": back_z, "side_x": side_x,
                    "n_static": int(n_static), "n_dynamic": int(n_dynamic)})
+    if zoom:
+        params["zoom"] = float(zoom)
     return SyntheticScene(
         seed=int(seed), n_frames=T, height=H, width=W, fps=float(fps), K=K, scene_from_cam=path.scene_from_cam,
         ground_y=ground_y, ground_extent=(-side_x, side_x, -8.0, back_z), ground=ground,
         primitives=tuple(prims), noise_lattice=lattice, sun=sun, params=params,
+        focal_scale=_zoom_profile(path.s, zoom),
     )
+
+
+def _zoom_profile(s: np.ndarray, zoom: float) -> np.ndarray | None:
+    """(T,) focal factors ``1 + zoom (1 − cos(π s))/2`` over the times ``s`` (None when ``zoom`` is 0)."""
+    if not (np.isfinite(zoom) and zoom > -1):
+        raise InputError(f"synthetic scene: zoom must be a finite number > -1, got {zoom!r}")
+    if zoom == 0:
+        return None
+    return 1.0 + float(zoom) * 0.5 * (1.0 - np.cos(np.pi * s))
 
 
 def _check_scene_args(*, seed, n_frames, height, width, fps, n_static, n_dynamic) -> None:
@@ -363,6 +399,25 @@ def _draw_camera_path(rng: np.random.Generator, T: int, H: int, f: float) -> _Ca
     params = {"yaw_total_deg": float(np.degrees(yaw_total)), "tilt_down_deg": float(np.degrees(tilt0)),
               "forward": fwd, "lateral": lat}
     return _CameraPath(s=s, yaw=yaw, centre=centre, scene_from_cam=_pose(R, centre), params=params)
+
+
+def _add_fast_turn(path: _CameraPath, accel_deg: float) -> _CameraPath:
+    """``path`` with an extra yaw turn about the scene's vertical: ``A (1 − cos(π τ)) / 2`` over the
+    ``N = clip(T // 4, 3, 12)`` frames centred on mid-video (``τ = (i − i₀)/N`` clipped to [0, 1]),
+    with ``A = accel_deg / ((1 − cos(π/N)) cos(π/N))`` so that the largest second difference of the
+    yaw, frame to frame, is ``accel_deg`` degrees/frame² (near the start and the end of the turn)."""
+    if not (np.isfinite(accel_deg) and accel_deg > 0):
+        raise InputError(f"synthetic scene: turn_accel_deg must be a finite number >= 0, got {accel_deg!r}")
+    T = len(path.s)
+    N = int(np.clip(T // 4, 3, 12))
+    tau = np.clip((np.arange(T) - (T - N) // 2) / N, 0.0, 1.0)
+    amp = np.radians(accel_deg / ((1.0 - np.cos(np.pi / N)) * np.cos(np.pi / N)))
+    extra = amp * 0.5 * (1.0 - np.cos(np.pi * tau))
+    scene_from_cam = path.scene_from_cam.copy()
+    scene_from_cam[:, :3, :3] = _rot_y(extra) @ scene_from_cam[:, :3, :3]
+    params = {**path.params, "fast_turn_deg": float(np.degrees(amp)), "fast_turn_frames": N,
+              "fast_turn_accel_deg": float(accel_deg)}
+    return _CameraPath(s=path.s, yaw=path.yaw + extra, centre=path.centre, scene_from_cam=scene_from_cam, params=params)
 
 
 def _static(T: int, kind: str, size, centre_xyz, yaw_rad: float, mat: Material, name: str) -> Primitive:
@@ -564,10 +619,11 @@ def _sky(d: np.ndarray, lattice: np.ndarray) -> np.ndarray:
 def render(scene: SyntheticScene) -> RenderedVideo:
     """Ray-cast every pixel of every frame of ``scene``.
 
-    For pixel ``(u, v)`` of frame ``i`` the ray is ``c_i + t R_i K⁻¹ [u, v, 1]ᵀ`` in the scene frame
-    (``R_i, c_i`` from ``scene_from_cam[i]``). Its camera-frame direction has z = 1, so the ray
-    parameter of the nearest hit *is* the z-depth; no hit means sky (depth ``+inf``). Surfaces are
-    shaded with their procedural texture and a Lambertian sun plus ambient light.
+    For pixel ``(u, v)`` of frame ``i`` the ray is ``c_i + t R_i K_i⁻¹ [u, v, 1]ᵀ`` in the scene frame
+    (``R_i, c_i`` from ``scene_from_cam[i]``, ``K_i = scene.intrinsics[i]``). Its camera-frame
+    direction has z = 1, so the ray parameter of the nearest hit *is* the z-depth; no hit means sky
+    (depth ``+inf``). Surfaces are shaded with their procedural texture and a Lambertian sun plus
+    ambient light.
 
     Returns:
         :class:`RenderedVideo` with frames uint8 (T,H,W,3) and its ``geometry``: depth float32
@@ -580,14 +636,16 @@ def render(scene: SyntheticScene) -> RenderedVideo:
         (True, True)
     """
     T, H, W = scene.n_frames, scene.height, scene.width
+    Ks = scene.intrinsics
     rays_cam = _camera_rays(scene.K, H, W)
     frames = np.empty((T, H, W, 3), np.uint8)
     depth = np.empty((T, H, W), np.float32)
     dyn = np.zeros((T, H, W), bool)
     for i in range(T):
-        frames[i], depth[i], dyn[i] = _render_frame(scene, i, rays_cam)
+        rays_i = rays_cam if scene.focal_scale is None else _camera_rays(Ks[i], H, W)
+        frames[i], depth[i], dyn[i] = _render_frame(scene, i, rays_i)
     meta = {"generator": GENERATOR_VERSION, "synthetic": True, "seed": scene.seed, "scene": scene.params}
-    geometry = Geometry.from_depth(depth, np.repeat(scene.K[None], T, axis=0), scene.world_from_cam,
+    geometry = Geometry.from_depth(depth, Ks, scene.world_from_cam,
                                    dynamic_mask=dyn, fps=scene.fps, meta=meta)
     return RenderedVideo(frames=frames, geometry=geometry, seed=scene.seed)
 

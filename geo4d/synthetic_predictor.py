@@ -11,7 +11,8 @@ tested against exact answers:
   per-window scale ``s_ray`` (the camera centre scaled by ``s_ray``);
 * disparity: ``a / depth + b`` with unknown per-window ``a > 0`` and ``b``; 0 where sky;
 * confidence: positive on valid pixels (lower on moving objects and depth edges), 0 where sky (the
-  point map is invalid there).
+  point map is invalid there) and, with ``pointmap_max_depth``, beyond the point map's range (point
+  map 0 there too; the disparity stays valid, as the network's "far" pixels).
 
 Noise (:class:`SyntheticNoise`): smooth multiplicative depth noise, pose jitter and whole windows
 with a wrong rotation. Everything is deterministic from ``seed`` and the window's start, so a
@@ -24,6 +25,9 @@ For pixel ``p`` of frame ``i`` in the window starting at ``s`` (``ref = camera s
     pointmap  = s_pm (ref_from_cam_i X_cam − [0, 0, z_off])      (z_off = 0 unless pointmap_z_offset)
     ray_dir   = R_i K⁻¹ [u, v, 1]ᵀ / ‖·‖,  ray_moment = (s_ray c_i) × ray_dir
     disparity = a / (n z) + b                                      (0 where sky)
+
+where ``K`` is frame i's ground-truth intrinsics (per frame: a zooming scene's K changes), its focal
+length times the window's focal error with ``focal_noise``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import Field
@@ -71,12 +75,29 @@ class SyntheticNoise(Spec):
             used for both the point map and the rays.
         pose_jitter_trans: std of a random camera-centre offset per axis, as a fraction of the
             median ground-truth depth of the window's first frame.
+        rot_jitter_axis_deg: std (degrees) per axis of an independent rotation-vector jitter
+            ``R ← R exp([ε]×)``, ``ε ~ N(0, σ² I₃)``, of the camera of every frame of each window (the
+            first included), drawn from its own random stream (the other draws are unchanged); used
+            for both the point map and the rays.
         corrupt_windows: how many windows (drawn deterministically from ``window_starts(T, size,
             stride)`` with the predictor's seed) are predicted with a wrong rotation.
         corrupt_deg: the wrong rotation's angle, about a random axis through the reference camera,
             applied to the points and rays of every frame after the first of a corrupted window.
+        ramp_corruption: False (default): every frame after the first of a corrupted window gets the
+            whole wrong rotation (the window stays rigid, only its first frame disagrees); True: frame
+            k of the window gets ``k / (V − 1)`` of it (a drift no window rotation can absorb).
         pointmap_z_offset: subtract an unknown z offset from the point map like the network's
             de-normalised maps (``z_off`` = 2nd percentile of the window's valid z − 0.01).
+        pointmap_max_depth: the point map's range (scene units) or None (unlimited): pixels whose
+            ground-truth depth exceeds it get point-map confidence 0 (and point 0) while their
+            disparity stays valid — far regions only the disparity sees (the network marks points
+            beyond its normalised range invalid the same way). Sky keeps disparity 0.
+        focal_noise: relative std of an error of the focal length (``fx = fy``) each window predicts
+            for each of its frames: frame k of the window is predicted through
+            ``K' = K`` with ``fx, fy`` times ``exp(σ (e_w + e_k) / √2)`` (``e_w`` per window, ``e_k``
+            per frame, standard normal, from their own random stream; the other draws are
+            unchanged), for both its point map and its rays — a network's field-of-view error,
+            shared by a window's frames in part. The depth (z) is unchanged.
 
     Example:
         >>> SyntheticNoise.parse({"depth_noise": 0.05}).depth_noise
@@ -87,9 +108,28 @@ class SyntheticNoise(Spec):
     depth_noise_cells: float = Field(4.0, ge=1, allow_inf_nan=False, description="cells of the noise field")
     pose_jitter_deg: float = Field(0.0, ge=0, allow_inf_nan=False, description="rotation jitter std, degrees")
     pose_jitter_trans: float = Field(0.0, ge=0, allow_inf_nan=False, description="centre jitter std / median depth")
+    rot_jitter_axis_deg: float = Field(0.0, ge=0, allow_inf_nan=False, description="per-axis rotation jitter std, degrees")
     corrupt_windows: int = Field(0, ge=0, description="windows predicted with a wrong rotation")
     corrupt_deg: float = Field(15.0, ge=0, allow_inf_nan=False, description="the wrong rotation's angle, degrees")
+    ramp_corruption: bool = Field(False, description="the wrong rotation grows over the window (a drift)")
     pointmap_z_offset: bool = Field(False, description="subtract an unknown z offset from the point map")
+    pointmap_max_depth: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                             description="point map invalid beyond this ground-truth depth")
+    focal_noise: float = Field(0.0, ge=0, allow_inf_nan=False, description="relative std of the focal error")
+
+    #: Fields added after windows were first predicted, and the value at which they are left out of
+    #: the fingerprint (their default), so those windows keep their fingerprints.
+    FINGERPRINT_OMITTED_AT: ClassVar[dict[str, Any]] = {"pointmap_max_depth": None, "focal_noise": 0.0,
+                                                        "rot_jitter_axis_deg": 0.0, "ramp_corruption": False}
+
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """As :meth:`Spec.fingerprint_dict`, without the fields of :attr:`FINGERPRINT_OMITTED_AT`
+        while at their defaults."""
+        out = super().fingerprint_dict()
+        for name, default in self.FINGERPRINT_OMITTED_AT.items():
+            if name in out and out[name] == default:
+                out.pop(name)
+        return out
 
 
 @dataclass(frozen=True)
@@ -217,7 +257,7 @@ class SyntheticPredictor(WindowPredictor):
         idx = slice(start, start + V)
         depth = self._depth[idx].astype(np.float64)
         valid = self._valid[idx]
-        K = self._K[idx]
+        K = self._predicted_intrinsics(start, V)
         gauges = self._draw_gauges(start)
         # Noise: its own stream, drawn in this order (depth field, then pose jitter).
         rng = np.random.default_rng([self.seed, start, 1])
@@ -225,8 +265,9 @@ class SyntheticPredictor(WindowPredictor):
         depth_n = np.where(valid, depth * factor, np.inf)
         ref_from_cam = self._jittered_poses(rng, start, V, depth, valid)
         corrupted, axis = self._corrupt(start, ref_from_cam)
-        pointmap, z_off = _pointmap(depth_n, valid, K, ref_from_cam, gauges.s_pm, self.noise.pointmap_z_offset)
-        conf = _confidence(depth, depth_n, valid, self._dynamic[idx])
+        pm_valid = valid if self.noise.pointmap_max_depth is None else valid & (depth <= self.noise.pointmap_max_depth)
+        pointmap, z_off = _pointmap(depth_n, pm_valid, K, ref_from_cam, gauges.s_pm, self.noise.pointmap_z_offset)
+        conf = np.where(pm_valid, _confidence(depth, depth_n, valid, self._dynamic[idx]), 0.0)
         ray_dir, ray_moment = plucker_rays(ref_from_cam, K, self.height, self.width)
         ray_moment = gauges.s_ray * ray_moment  # moment scaled by its own gauge
         disparity, disp_a, disp_b = _disparity(depth_n, valid, gauges.a_factor, gauges.b_shift)
@@ -270,6 +311,17 @@ class SyntheticPredictor(WindowPredictor):
             )
         return V, start
 
+    def _predicted_intrinsics(self, start: int, V: int) -> np.ndarray:
+        """(V, 3, 3) the K the window predicts its frames with: the ground truth's, its focal length
+        times ``exp(σ (e_w + e_k)/√2)`` with ``focal_noise`` σ > 0 (see :class:`SyntheticNoise`)."""
+        K = self._K[start : start + V].copy()
+        if self.noise.focal_noise > 0:
+            e = np.random.default_rng([self.seed, start, 4]).normal(size=V + 1)
+            factor = np.exp(self.noise.focal_noise * (e[0] + e[1:]) / np.sqrt(2.0))
+            K[:, 0, 0] *= factor
+            K[:, 1, 1] *= factor
+        return K
+
     def _draw_gauges(self, start: int) -> _Gauges:
         """The window's gauges, from their own random stream so that noise settings never change them."""
         g = np.random.default_rng([self.seed, start, 0])
@@ -290,7 +342,8 @@ class SyntheticPredictor(WindowPredictor):
     def _jittered_poses(self, rng: np.random.Generator, start: int, V: int, depth: np.ndarray,
                         valid: np.ndarray) -> np.ndarray:
         """(V, 4, 4) poses of the window's cameras in its reference frame (camera ``start``), with
-        the pose jitter applied to every frame after the first (``depth``, ``valid``: (V, H, W))."""
+        the pose jitter applied to every frame after the first and the per-axis rotation jitter to
+        every frame (``depth``, ``valid``: (V, H, W))."""
         nz = self.noise
         ref_from_cam = invert_pose(self._world_from_cam[start])[None] @ self._world_from_cam[start:start + V]
         ref_from_cam[0] = np.eye(4)
@@ -300,6 +353,11 @@ class SyntheticPredictor(WindowPredictor):
                 Rj = _random_rotation(rng, nz.pose_jitter_deg)
                 ref_from_cam[i, :3, :3] = ref_from_cam[i, :3, :3] @ Rj
                 ref_from_cam[i, :3, 3] += rng.normal(0.0, nz.pose_jitter_trans * med, size=3)
+        if nz.rot_jitter_axis_deg > 0:
+            from scipy.spatial.transform import Rotation
+
+            eps = np.random.default_rng([self.seed, start, 3]).normal(0.0, np.radians(nz.rot_jitter_axis_deg), size=(V, 3))
+            ref_from_cam[:, :3, :3] = ref_from_cam[:, :3, :3] @ Rotation.from_rotvec(eps).as_matrix()
         return ref_from_cam
 
     def _corrupt(self, start: int, ref_from_cam: np.ndarray) -> tuple[bool, np.ndarray | None]:
@@ -310,9 +368,12 @@ class SyntheticPredictor(WindowPredictor):
         c = np.random.default_rng([self.seed, start, 2])
         axis = c.normal(size=3)
         axis /= np.linalg.norm(axis)
-        Rc = np.eye(4)
-        Rc[:3, :3] = _rotation(axis, np.radians(self.noise.corrupt_deg))
-        ref_from_cam[1:] = Rc[None] @ ref_from_cam[1:]
+        V = len(ref_from_cam)
+        frac = np.arange(V) / max(V - 1, 1) if self.noise.ramp_corruption else np.ones(V)
+        Rc = np.tile(np.eye(4), (V, 1, 1))
+        for k in range(1, V):
+            Rc[k, :3, :3] = _rotation(axis, np.radians(self.noise.corrupt_deg) * frac[k])
+        ref_from_cam[1:] = Rc[1:] @ ref_from_cam[1:]
         return True, axis
 
 

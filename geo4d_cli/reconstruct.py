@@ -185,13 +185,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def _print_camera(store: str, video_id: str) -> None:
-    """The framing and frame 0's K in source pixels (what a user compares with a calibration)."""
+    """The framing and frame 0's K in source pixels (what a user compares with a calibration), and
+    the range of the focal length when it changes over the video (a zoom)."""
     s = _open_store(store, mode="r")
-    f, K = s.framing(video_id), s.read_intrinsics_source(video_id)[0]
+    f, Ks = s.framing(video_id), s.read_intrinsics_source(video_id)
+    K = Ks[0]
     given = ((s.read_fused(video_id).meta.get("diagnostics") or {}).get("intrinsics") or {}).get("given")
+    fx = Ks[:, 0, 0]
+    zoom = f"; fx per frame {fx.min():.1f}–{fx.max():.1f} (focal per frame)" if fx.max() > fx.min() else ""
     print(f"  frames {f.source_size[1]}×{f.source_size[0]} (rotated {f.rotation}°) → {f.size[1]}×{f.size[0]} "
           f"({f.mode}); K in source pixels: fx {K[0, 0]:.1f} fy {K[1, 1]:.1f} cx {K[0, 2]:.1f} cy {K[1, 2]:.1f}"
-          + (" (given)" if given else ""))
+          + (" (given)" if given else "") + (f" (frame 0{zoom})" if zoom else ""))
 
 
 def _print_stages(result: dict) -> None:

@@ -49,11 +49,16 @@ def _downstream(stage: str) -> list[str]:
     return list(STAGES[STAGES.index(stage) + 1 :])
 
 
+_ABSENT = object()  # a parameter one of two documents does not have (a setting added or removed since)
+
+
 def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """The first parameter (dotted path) whose value differs between two parameter documents."""
+    """The first parameter (dotted path) whose value differs between two parameter documents
+    (:data:`_ABSENT` for the side that lacks it)."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            found = _first_difference(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))
+            found = _first_difference(old.get(key, _ABSENT), new.get(key, _ABSENT),
+                                      f"{path}.{key}" if path else str(key))
             if found:
                 return found
         return None
@@ -63,7 +68,14 @@ def _first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any
 def _what_differs(old: dict, new: dict) -> str:
     """``name=old; this run asks new`` for the first differing parameter (the settings-changed lines)."""
     diff = _first_difference(old, jsonable(new))
-    return f"{diff[0]}={diff[1]!r}; this run asks {diff[2]!r}" if diff else "other settings"
+    if not diff:
+        return "other settings"
+    name, was, asks = diff
+    if was is _ABSENT:
+        return f"no {name} setting (from before it existed); this run asks {asks!r}"
+    if asks is _ABSENT:
+        return f"{name}={was!r}; this run has no such setting"
+    return f"{name}={was!r}; this run asks {asks!r}"
 
 
 def check_settings(store: Store, video_id: str, stage: str, parameters: dict, fingerprint: str,
@@ -361,7 +373,8 @@ def fuse_stage(
     overwrite: bool = False,
     intrinsics: Sequence[float] | None = None,
 ) -> StageResult:
-    """Fuse the stored windows into per-frame geometry (``fused/``).
+    """Fuse the stored windows into per-frame geometry (``fused/``, with ``fused/depth_source``: which
+    modality gave each pixel its depth).
 
     ``intrinsics`` ``(fx, fy, cx, cy)`` in source pixels (a calibrated camera) fixes K, converted to
     the stored frames' pixels by the video's framing (:mod:`geo4d.framing`). Padded pixels (resize
@@ -387,7 +400,8 @@ def fuse_stage(
     _checked(store, video_id, "fuse", run_id,
              lambda: validation.validate_fused(result.geometry, info.height, info.width))
     store.write_fused(video_id, result.geometry, diagnostics=result.diagnostics,
-                      intrinsics_source=framing.intrinsics_to_source(result.geometry.intrinsics))
+                      intrinsics_source=framing.intrinsics_to_source(result.geometry.intrinsics),
+                      depth_source=result.depth_source)
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "fuse", "complete", parameters=params, run_id=run_id, seconds=dt)
     return StageResult(video_id, "fuse", False, fp, dt)

@@ -4,6 +4,7 @@ Layout::
 
     OUTDIR/index.parquet                 one row per video (statistics, metrics, paths); conventions in the schema metadata
     OUTDIR/videos/<video_id>.zarr/       rgb uint8 (T,H,W,3), depth (T,H,W) (0 = invalid), confidence (T,H,W),
+                                         depth_source uint8 (T,H,W) (0 none, 1 point map, 2 disparity only),
                                          points (T,H,W,3) world, intrinsics (T,3,3), world_from_cam (T,4,4)
 
 Each video is written under a temporary name and renamed when complete; the index is written last,
@@ -54,6 +55,7 @@ EXPORT_CONVENTIONS = (
 _CODECS = (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"), Crc32cCodec())
 #: Zarr v3 dimension names (xarray opens the groups with them).
 DIMENSIONS = {"rgb": ("frame", "y", "x", "rgb"), "depth": ("frame", "y", "x"), "confidence": ("frame", "y", "x"),
+              "depth_source": ("frame", "y", "x"),
               "points": ("frame", "y", "x", "xyz"), "intrinsics": ("frame", "k_row", "k_col"),
               "world_from_cam": ("frame", "pose_row", "pose_col")}
 
@@ -190,7 +192,8 @@ def _export_video(store: Store, vid: str, out: Path, rec: dict) -> dict:
     depth, conf = fused.depth, fused.confidence
     valid = (conf > 0) & (depth > 0)
     arrays = {"rgb": rgb.astype(np.uint8), "depth": depth.astype(np.float32), "confidence": conf.astype(np.float32),
-              "points": fused.points.astype(np.float32), "intrinsics": fused.intrinsics.astype(np.float32),
+              "depth_source": store.read_depth_source(vid).astype(np.uint8), "points": fused.points.astype(np.float32),
+              "intrinsics": fused.intrinsics.astype(np.float32),
               "world_from_cam": fused.world_from_cam.astype(np.float32)}
     rel = f"videos/{vid}.zarr"
     _write_video(out / rel, arrays, {"video_id": vid, "source": info.source, "fps": info.fps,

@@ -27,6 +27,7 @@ from zarr.core.sync import sync
 
 from geo4d.errors import StoreError
 from geo4d.framing import Framing
+from geo4d.fusion.depth import DepthSource
 from geo4d.geometry import Geometry
 from geo4d.predictor import MODALITIES, WindowPrediction
 
@@ -692,14 +693,17 @@ class Store:
 
     # ---- fused -----------------------------------------------------------------------------------
     def write_fused(self, video_id: str, geometry: Geometry, diagnostics: Mapping[str, Any] | None = None,
-                    intrinsics_source: np.ndarray | None = None) -> None:
+                    intrinsics_source: np.ndarray | None = None, depth_source: np.ndarray | None = None) -> None:
         """Write the fused geometry as ``fused/<name>`` (:data:`FUSED_ARRAYS`, float32, chunked per frame).
 
         ``geometry`` needs ``confidence`` and ``points``; ``diagnostics`` go to the group's attrs;
-        ``intrinsics_source`` (T, 3, 3), K in the source video's pixels, to ``fused/intrinsics_source``.
+        ``intrinsics_source`` (T, 3, 3), K in the source video's pixels, to ``fused/intrinsics_source``;
+        ``depth_source`` (T, H, W) uint8, which modality gave each pixel its depth
+        (:class:`geo4d.fusion.DepthSource` codes), to ``fused/depth_source``.
         """
         arrays = _fused_arrays(geometry)
         info = self.video_info(video_id)
+        source = self._checked_depth_source(info, depth_source)  # before anything is written
         fg = require_group(self._video_group(video_id), "fused")
         for name in FUSED_ARRAYS:
             arr = np.asarray(arrays[name], dtype=np.float32)
@@ -714,11 +718,46 @@ class Store:
             _create(fg, self.SOURCE_K, (info.n_frames, 3, 3), "float64", _FLOAT_CODECS)[:] = intrinsics_source
         elif self.SOURCE_K in fg:
             del fg[self.SOURCE_K]
+        if source is not None:
+            _create(fg, self.DEPTH_SOURCE, source.shape, "uint8", _FLOAT_CODECS)[:] = source
+        elif self.DEPTH_SOURCE in fg:
+            del fg[self.DEPTH_SOURCE]
         if diagnostics:
             fg.attrs.update(json.loads(json.dumps({"diagnostics": dict(diagnostics)}, default=str)))
 
     #: ``fused/intrinsics_source``: the fused K in the source video's pixels (upright, square pixels).
     SOURCE_K = "intrinsics_source"
+    #: ``fused/depth_source``: uint8 (T, H, W), the modality that gave each pixel its depth.
+    DEPTH_SOURCE = "depth_source"
+
+    def _checked_depth_source(self, info: VideoInfo, depth_source: np.ndarray | None) -> np.ndarray | None:
+        """``depth_source`` as uint8 (T, H, W) :class:`DepthSource` codes (None stays None);
+        ValueError naming ``fused/depth_source`` for another shape or an unknown code."""
+        if depth_source is None:
+            return None
+        src = np.asarray(depth_source)
+        exp = (info.n_frames, info.height, info.width)
+        if src.shape != exp:
+            raise ValueError(f"fused/{self.DEPTH_SOURCE}: expected shape {exp}, got {src.shape}")
+        codes = [int(c) for c in DepthSource]
+        if not np.isin(src, codes).all():
+            raise ValueError(f"fused/{self.DEPTH_SOURCE}: values must be codes {codes} (geo4d.fusion.DepthSource)")
+        return src.astype(np.uint8)
+
+    def read_depth_source(self, video_id: str) -> np.ndarray:
+        """(T, H, W) uint8 :class:`geo4d.fusion.DepthSource` codes of the fused depth. Stores fused
+        before the array existed held point-map depth only: derived as 1 (point map) where the fused
+        confidence is > 0, else 0 (none)."""
+        grp = self._video_group(video_id)
+        if "fused" not in grp:
+            raise StoreError(f"{self.location}: video {video_id} has no fused group (run the fuse stage first)")
+        fg = grp["fused"]
+        if self.DEPTH_SOURCE in fg:
+            where = f"videos/{video_id}/fused/{self.DEPTH_SOURCE}"
+            return self._read_whole(self._array(fg, self.DEPTH_SOURCE, video_id), where)
+        conf = self._read_whole(self._array(fg, "confidence", f"{video_id}/fused"),
+                                f"videos/{video_id}/fused/confidence")
+        return np.where(conf > 0, np.uint8(DepthSource.POINTMAP), np.uint8(DepthSource.NONE))
 
     def read_intrinsics_source(self, video_id: str) -> np.ndarray:
         """(T, 3, 3) fused intrinsics in source pixels (stores without the array: by the framing)."""

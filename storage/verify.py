@@ -38,6 +38,8 @@ STAGE_ARRAYS: dict[str, tuple[str, ...]] = {
     "windows": tuple(f"windows/{m}" for m in MODALITIES) + ("windows/done",),
     "fuse": tuple(f"fused/{n}" for n in FUSED_ARRAYS),
 }
+#: Arrays a stage writes that older stores lack: checked when present.
+OPTIONAL_STAGE_ARRAYS: dict[str, tuple[str, ...]] = {"fuse": ("fused/depth_source",)}
 #: Stage statuses whose data is supposed to be whole.
 _FINISHED = ("complete", "damaged")
 
@@ -165,6 +167,18 @@ def _check_done_markers(store: Store, video_id: str, checks: list[ArrayCheck]) -
     return sorted(bad)
 
 
+def _stage_paths(store: Store, video_id: str, stage: str) -> list[str]:
+    """The arrays to check of a finished stage: its arrays, and its optional ones that exist."""
+    optional = []
+    for path in OPTIONAL_STAGE_ARRAYS.get(stage, ()):
+        try:
+            store.video_array(video_id, path)
+        except StoreError:
+            continue
+        optional.append(path)
+    return list(STAGE_ARRAYS[stage]) + optional
+
+
 def check_video(store: Store, video_id: str, stages: Iterable[str] | None = None) -> VideoCheck:
     """Check the finished stages of one video (only ``stages`` when given); writes nothing."""
     records = store.stage_records(video_id)
@@ -172,7 +186,7 @@ def check_video(store: Store, video_id: str, stages: Iterable[str] | None = None
               and (records.get(st) or {}).get("status") in _FINISHED]
     result = VideoCheck(video_id, [], wanted)
     for st in wanted:
-        checks = [check_array(store, video_id, st, path) for path in STAGE_ARRAYS[st]]
+        checks = [check_array(store, video_id, st, path) for path in _stage_paths(store, video_id, st)]
         if st == "windows":
             result.bad_windows = _check_done_markers(store, video_id, checks)
         result.arrays.extend(checks)

@@ -146,7 +146,13 @@ def test_sky_pixels_never_touch_the_poses(clean):
     bad["disparity"][sky] = rng.uniform(-5, 5, size=int(sky.sum()))
     res2 = fuse(bad, starts, 32)
     assert np.allclose(res2.geometry.world_from_cam, res.geometry.world_from_cam, atol=1e-9)
-    assert np.allclose(res2.geometry.depth, res.geometry.depth, rtol=1e-6)
+    # A non-zero disparity where the point map is invalid is a far region (depth from the disparity
+    # alone, depth_source 2): the point-map pixels keep their depth, and without that option all do.
+    pm = res2.depth_source == 1
+    assert np.array_equal(pm, res.depth_source == 1)
+    assert np.allclose(res2.geometry.depth[pm], res.geometry.depth[pm], rtol=1e-6)
+    res3 = fuse(bad, starts, 32, config={"disparity_only_depth": False})
+    assert np.allclose(res3.geometry.depth, res.geometry.depth, rtol=1e-6) and not (res3.depth_source == 2).any()
 
 
 def test_inputs_with_wrong_layout_get_one_line_errors(clean):
@@ -196,7 +202,7 @@ def test_fusion_config_is_a_frozen_spec_with_the_old_defaults():
     assert cfg.fingerprint_dict() == {
         "alpha_pointmap": 1.0, "alpha_disparity": 1.0, "alpha_rays": 1.0, "alpha_smooth": 1.0, "shared_focal": True,
         "estimate_principal_point": True, "pointmap_z_offset": False, "conf_clip": 10.0, "disparity_min": None,
-        "robust_scale": 4.0, "outlier_weight": 0.25, "smooth_rot_deg": 0.05, "smooth_trans": 0.001, "iterations": 20,
+        "robust_scale": 4.0, "outlier_weight": 0.25, "smooth_auto": True, "consensus_init": True, "smooth_rot_deg": 0.05, "smooth_trans": 0.002, "iterations": 20,
         "robust_rounds": 3, "samples_per_frame": 768, "depth_spread": 0.05,
     }
     with pytest.raises(ValueError):  # frozen: settings change through model_copy(update=...)
@@ -268,7 +274,7 @@ def test_per_frame_focal_option():
     f = res.geometry.intrinsics[:, 0, 0]
     assert np.max(np.abs(f - focal) / focal) < 1e-3
     assert np.allclose(res.geometry.world_from_cam[:, :3, :3], P[:, :3, :3], atol=1e-4)
-    shared = fuse(windows, starts, 24).geometry.intrinsics[:, 0, 0]
+    shared = fuse(windows, starts, 24, config=FusionConfig(focal="shared")).geometry.intrinsics[:, 0, 0]
     assert np.ptp(shared) == 0.0  # one focal for the video
 
 

@@ -143,3 +143,23 @@ def test_cli_names_the_differing_setting_and_overwrite_recomputes(video, tmp_pat
     assert main(args + ["--seed", "3", "--overwrite"]) == 0
     s = Store(store, mode="r")
     assert s.stage_record(s.video_ids()[0], "windows")["parameters"]["predictor"]["seed"] == 3
+
+
+def test_a_fusion_recorded_with_the_previous_defaults_stops_and_overwrite_keeps_the_windows(video, tmp_path):
+    """A store fused before smooth_auto/consensus_init (smooth_trans 0.001): the rerun names the
+    setting; --overwrite re-fuses without sampling again (docs/fusion.md, "Stores fused before …")."""
+    from storage.store import stage_fingerprint
+
+    store = Store(tmp_path / "s.zarr")
+    vid = _finished(store, video)
+    rec = store.stage_record(vid, "fuse")
+    old = {k: v for k, v in rec["parameters"]["fusion"].items() if k not in ("smooth_auto", "consensus_init")}
+    params = {**rec["parameters"], "fusion": {**old, "smooth_trans": 0.001}}
+    store.record_stage(vid, "fuse", "complete", parameters=params, run_id="before")
+    assert store.stage_record(vid, "fuse")["fingerprint"] == stage_fingerprint(params)
+    windows = store.stage_record(vid, "windows")
+    with pytest.raises(SettingsChangedError, match=r"stage 'fuse' was finished with no fusion\.consensus_init "
+                                                   r"setting \(from before it existed\); this run asks True"):
+        stages.fuse_stage(store, vid)
+    assert not stages.fuse_stage(store, vid, overwrite=True).skipped
+    assert store.stage_record(vid, "windows") == windows and stages.fuse_stage(store, vid).skipped

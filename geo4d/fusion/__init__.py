@@ -8,5 +8,6 @@ Pure computation (no Prefect, no storage): :func:`fuse` reads ``arr[g]`` from an
 
 from geo4d.fusion.config import FusionConfig, FusionResult
 from geo4d.fusion.core import fuse
+from geo4d.fusion.depth import DepthSource
 
-__all__ = ["FusionConfig", "FusionResult", "fuse"]
+__all__ = ["DepthSource", "FusionConfig", "FusionResult", "fuse"]

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BeforeValidator, Field, field_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from geo4d.geometry import Geometry
@@ -47,7 +47,17 @@ class FusionConfig(Spec):
             ``smooth_trans``.
 
     Intrinsics:
-        shared_focal: one focal length for the whole video (default); False estimates one per frame.
+        focal: ``"auto"`` (default), ``"shared"`` or ``"per_frame"`` — the focal length (``fx = fy``)
+            of the frames. ``shared``: one for the whole video (robust median over windows and
+            modalities). ``per_frame``: one per frame, the per-(window, frame) estimates (point-map
+            PnP with a free focal, and per-frame ray intrinsics) smoothed over time by a robust
+            smoother whose scale is chosen by cross-validation over windows
+            (:mod:`geo4d.fusion.focal`). ``auto``: per-frame when the windows' focal estimates change
+            over the video beyond their disagreement about the same frame (a zoom), else shared.
+            The legacy boolean ``shared_focal`` is still accepted: true (the old default) means
+            ``auto``, false ``per_frame``; the fingerprint keeps its old form for those two
+            (``shared_focal: true`` / ``false``), so fusions recorded with the defaults keep their
+            fingerprints, and records ``focal: "shared"`` for the new explicit choice.
         estimate_principal_point: estimate ``(cx, cy)`` (shared by all frames); False fixes it at the
             image centre ``((W−1)/2, (H−1)/2)``.
         pointmap_z_offset: the point maps carry an unknown per-window offset along z (as the Geo4D
@@ -60,8 +70,17 @@ class FusionConfig(Spec):
             robust spread of the residuals (smaller = more aggressive down-weighting).
         outlier_weight: a (window, frame) pair whose robust weight falls below this is reported as an
             outlier, and its window as inconsistent, in the diagnostics.
-        smooth_rot_deg: expected size (degrees) of the frame-to-frame change of angular velocity.
-        smooth_trans: expected size of the frame-to-frame change of camera velocity, as a fraction
+        smooth_auto: choose the smoothness scales per video and per frame from the data (default):
+            each robust round sets a frame's prior variance from the acceleration the previous round
+            fitted around it (frames i−2 … i+2; docs/fusion.md, global refinement), so a real
+            turn that every window sees widens the prior there while independent per-window jitter,
+            averaged out by the fit, leaves it at its floor ``smooth_rot_deg``/``smooth_trans``;
+            False: use ``smooth_rot_deg``/``smooth_trans`` everywhere.
+        consensus_init: start the refinement from a robust consensus of every window that sees a
+            frame (default), not from the chained placement alone; False: the chain.
+        smooth_rot_deg: per-axis std (degrees) of the frame-to-frame change of angular velocity
+            assumed by the prior — its floor when ``smooth_auto``, its value otherwise.
+        smooth_trans: per-axis std of the frame-to-frame change of camera velocity, as a fraction
             of the scene depth.
         iterations: maximum Gauss-Newton/Levenberg-Marquardt iterations of the global refinement.
         robust_rounds: outer re-weighting rounds (IRLS) around the refinement.
@@ -69,39 +88,82 @@ class FusionConfig(Spec):
             the final depth uses every pixel.
         depth_spread: log-depth spread (≈ relative depth disagreement) at which the output
             confidence of a pixel halves.
+        disparity_only_depth: pixels where no window's point map is valid (confidence 0) but a
+            window's disparity is, take their depth from the disparity alone, through each window's
+            fitted affine map, fused robustly over the windows (``FusionResult.depth_source`` = 2;
+            needs ``alpha_disparity > 0``). Sky stays invalid: disparity 0 (or ``<= disparity_min``),
+            or the affine map giving no positive inverse depth, gives no depth.
+        disparity_only_max_error: a disparity-only depth is kept where its predicted log-depth error
+            (the window's disparity residual spread carried through its affine map,
+            ``σ_disp / (disp − b)``, at least the fit's log-depth spread) is at most this, and the
+            fused pixel where the windows' disparity-only log depths agree within this (weighted
+            spread); otherwise (disparity too close to the map's far end, e.g. sky the point map
+            missed, or windows that disagree) the pixel stays invalid. 0.25 ≈ 28 % depth error.
 
     Known camera:
         intrinsics: ``(fx, fy, cx, cy)`` in the windows' (network) pixels, or None (estimate them).
             When given, K is fixed at that value for every frame: the focal length and principal point
-            are not estimated, and cameras are solved with it (``shared_focal`` is then implied).
+            are not estimated, and cameras are solved with it (``focal`` is then ignored).
     """
 
     alpha_pointmap: Number = Field(1.0, ge=0, allow_inf_nan=False)
     alpha_disparity: Number = Field(1.0, ge=0, allow_inf_nan=False)
     alpha_rays: Number = Field(1.0, ge=0, allow_inf_nan=False)
     alpha_smooth: Number = Field(1.0, ge=0, allow_inf_nan=False)
-    shared_focal: bool = True
+    focal: Literal["auto", "shared", "per_frame"] = "auto"
     estimate_principal_point: bool = True
     pointmap_z_offset: bool = False
     conf_clip: Number = Field(10.0, gt=0, allow_inf_nan=False)
     disparity_min: Number | None = Field(None, allow_inf_nan=False)
     robust_scale: Number = Field(4.0, gt=0, allow_inf_nan=False)
     outlier_weight: Number = Field(0.25, ge=0, le=1)
+    smooth_auto: bool = True
+    consensus_init: bool = True
     smooth_rot_deg: Number = Field(0.05, gt=0, allow_inf_nan=False)
-    smooth_trans: Number = Field(0.001, gt=0, allow_inf_nan=False)
+    smooth_trans: Number = Field(0.002, gt=0, allow_inf_nan=False)
     iterations: Count = Field(20, ge=0)
     robust_rounds: Count = Field(3, ge=1)
     samples_per_frame: Count = Field(768, ge=16)
     depth_spread: Number = Field(0.05, gt=0, allow_inf_nan=False)
+    disparity_only_depth: bool = True
+    disparity_only_max_error: Number = Field(0.25, gt=0, allow_inf_nan=False)
     intrinsics: tuple[Number, Number, Number, Number] | None = None
 
+    #: Settings added after fusions were first recorded, and the value at which they are left out of
+    #: the fingerprint (their default), so those fusions keep their fingerprints.
+    FINGERPRINT_OMITTED_AT: ClassVar[dict[str, Any]] = {
+        "intrinsics": None, "disparity_only_depth": True, "disparity_only_max_error": 0.25,
+    }
+
     def fingerprint_dict(self) -> dict[str, Any]:
-        """As :meth:`Spec.fingerprint_dict`, without ``intrinsics`` while unset, so fusions recorded
-        before that setting existed keep their fingerprints."""
+        """As :meth:`Spec.fingerprint_dict`, without the settings of :attr:`FINGERPRINT_OMITTED_AT`
+        while at their defaults, so fusions recorded before those settings existed keep their
+        fingerprints; ``focal`` in the old ``shared_focal`` form where it has one (``auto`` →
+        ``shared_focal: true``, the old default's record; ``per_frame`` → ``false``; ``shared`` →
+        ``focal: "shared"``)."""
         out = super().fingerprint_dict()
-        if out.get("intrinsics") is None:
-            out.pop("intrinsics", None)
+        for name, default in self.FINGERPRINT_OMITTED_AT.items():
+            if name in out and out[name] == default:
+                out.pop(name)
+        focal = out.pop("focal")  # the old key where it can say it (see the ``focal`` attribute)
+        out.update({"shared_focal": focal == "auto"} if focal != "shared" else {"focal": focal})
         return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_shared_focal(cls, data: Any) -> Any:
+        """Old configs' ``shared_focal``: true (the old default) → ``focal="auto"``, false → ``"per_frame"``."""
+        if not isinstance(data, dict) or "shared_focal" not in data:
+            return data
+        data = dict(data)
+        old = data.pop("shared_focal")
+        if not isinstance(old, bool):
+            raise PydanticCustomError("shared_focal", "shared_focal: must be true or false, got {got} "
+                                      "(prefer focal: auto | shared | per_frame)", {"got": repr(old)})
+        if "focal" in data:
+            raise PydanticCustomError("shared_focal", "give focal or the legacy shared_focal, not both")
+        data["focal"] = "auto" if old else "per_frame"
+        return data
 
     @field_validator("intrinsics")
     @classmethod
@@ -140,10 +202,15 @@ class FusionResult:
               where ``confidence`` is 0.
         diagnostics: JSON-able record: scale gauge, per-window weights, outlier flags, scales, residuals,
             solver iterations and timings (see docs/fusion.md).
+        depth_source: (T, H, W) uint8, which modality gave each pixel its depth
+            (:class:`geo4d.fusion.depth.DepthSource`): 0 none (depth 0), 1 point map (with or without
+            disparity), 2 disparity only (no window's point map is valid there); None when unknown
+            (results made before the map existed).
 
-    Scale gauge: the median valid depth of frame 0 is 1 (if frame 0 has no valid pixel, the median
-    valid depth of the whole video is 1).
+    Scale gauge: the median depth of frame 0's point-map pixels (``depth_source`` 1) is 1 (if frame 0
+    has none, the median over the whole video's); disparity-only pixels do not move the gauge.
     """
 
     geometry: Geometry
     diagnostics: dict = field(default_factory=dict)
+    depth_source: np.ndarray | None = None

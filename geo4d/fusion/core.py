@@ -6,14 +6,18 @@ Pipeline (each step is described with its math in docs/fusion.md):
    z offset) from the first point map; cameras from the Plücker maps; keep a regular sample of
    pixels (points, confidences, disparities) — a few hundred per frame.
 2. **Closed-form cameras**: a shared focal length / principal point (robust median over windows and
-   modalities); the camera of every (window, frame) pair in its window by PnP on the point map.
+   modalities), or — for a zoom (``focal``: auto / per_frame) — a focal per frame smoothed over time
+   (:mod:`geo4d.fusion.focal`); the camera of every (window, frame) pair in its window by PnP on
+   the point map.
 3. **Chaining**: windows placed one after another by robust rotation averaging, depth-ratio scale
    and centre translation on the frames they share with what is already placed.
 4. **Global refinement**: robust Levenberg-Marquardt over frame poses and window similarities (+ ray
    scales) with the point-map, ray and smoothness terms (:mod:`geo4d.fusion.solver`).
 5. **Disparity alignment**: per-window affine maps fitted robustly against the fused depth.
 6. **Depth, streamed** (second read of each window): per pixel, a robust weighted mean of every
-   window's depth (point map, and disparity) in log depth; points; the scale gauge.
+   window's depth (point map, and disparity) in log depth — or, where no window's point map is
+   valid, of the windows' depths from the disparity alone (far regions; ``depth_source``); points;
+   the scale gauge.
 
 Time and memory are linear in the number of frames: windows are read one at a time, the solver's
 unknowns are 6 per frame and 8 per window with a banded sparse normal matrix, and the depth
@@ -33,7 +37,8 @@ import numpy as np
 from geo4d.cameras import intrinsics_matrix, pixel_grid
 from geo4d.errors import InputError, PredictionError
 from geo4d.fusion.config import FusionConfig, FusionResult
-from geo4d.fusion.depth import DepthAccumulator, fit_disparity
+from geo4d.fusion.depth import DepthAccumulator, DepthSource, disparity_log_depth, fit_disparity
+from geo4d.fusion.focal import FocalTrack, focal_track
 from geo4d.fusion.robust import robust_sigma, weighted_median
 from geo4d.fusion.solver import PairData, chain_init, init_ray_scales, refine
 from geo4d.fusion.window_cameras import intrinsics_from_pointmap, plucker_cameras, pnp, sample_pixels
@@ -187,7 +192,7 @@ def fuse(
 
     Returns:
         :class:`FusionResult` (depth 0 / confidence 0 where invalid; ``world_from_cam[0] = I``; scale
-        such that frame 0's median valid depth is 1).
+        such that frame 0's median point-map depth is 1; ``depth_source``: which modality gave each pixel).
 
     Raises:
         InputError: missing arrays, wrong shapes, windows outside the video or frames not covered.
@@ -206,8 +211,9 @@ def fuse(
     # 2. intrinsics and the camera of every (window, frame) pair
     t = time.perf_counter()
     focal, cx, cy = _shared_intrinsics(samples, ctx)
-    cams = _pair_cameras(samples, ctx, focal, cx, cy)
-    focals = _frame_focals(samples, cams, ctx, focal)
+    focal_mode, guess, focal_info = _focal_mode(windows, samples, ctx, focal)
+    cams = _pair_cameras(samples, ctx, guess, cx, cy, estimate_focal=focal_mode == "per_frame")
+    focals = _frame_focals(samples, cams, ctx, focal, focal_mode, focal_info)
     ctx.timings["cameras_s"] = time.perf_counter() - t
     ctx.timings["pnp_iterations"] = cams.iterations
     # 3–4. chaining, then the global refinement
@@ -219,17 +225,19 @@ def fuse(
     t = time.perf_counter()
     aspect = 1.0 if ctx.cfg.intrinsics is None else float(ctx.cfg.intrinsics[1]) / float(ctx.cfg.intrinsics[0])
     K = intrinsics_matrix(focals, focals * aspect, cx, cy)
-    depth, conf, points = _fuse_depth(windows, samples, cams.pairs, state, sinfo, win_sigma, disp_fit, K, ctx)
+    depth, conf, points, source = _fuse_depth(windows, samples, cams.pairs, state, sinfo, win_sigma, disp_fit, K, ctx)
     ctx.timings["depth_s"] = time.perf_counter() - t
     # 7. gauge: median valid depth of frame 0 is 1
-    gauge_kind, inv_med = _apply_gauge(depth, conf, points)
+    gauge_kind, inv_med = _apply_gauge(depth, source, points)
     world_from_cam = _world_from_cam(state, inv_med, ctx.T)
     # 8. diagnostics
     ctx.timings["total_s"] = time.perf_counter() - t_start
     diagnostics = _diagnostics(samples, cams, state, sinfo, disp_fit, ctx, gauge_kind, inv_med, focals, cx, cy)
+    diagnostics["intrinsics"].update(focal_info)
     ctx.tick("done")
     geometry = Geometry(depth, conf > 0, K, world_from_cam, points=points, confidence=conf)
-    return FusionResult(geometry, diagnostics=jsonable(diagnostics))
+    diagnostics["depth_source"] = {src.name.lower(): int((source == src).sum()) for src in DepthSource}
+    return FusionResult(geometry, diagnostics=jsonable(diagnostics), depth_source=source)
 
 
 def _setup(windows: Mapping[str, Any], starts: Sequence[int], n_frames: int, cfg: FusionConfig,
@@ -302,12 +310,15 @@ def _sample_disparity(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Set
     s.dv[g] = _valid_disparity(disp, ctx.cfg)
 
 
-def _ray_cameras(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setup) -> None:
-    """Window g's cameras (rotation, centre, intrinsics) recovered from its Plücker maps."""
+def _ray_cameras(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setup, per_frame: bool | None = None) -> None:
+    """Window g's cameras (rotation, centre, intrinsics) recovered from its Plücker maps; each frame
+    with its own intrinsics (ray homography) when ``per_frame`` (default: ``focal="per_frame"``)."""
     s0 = int(ctx.st[g])
     rd = _read(windows, "ray_dir", g, s0, ctx.V)
     rm = _read(windows, "ray_moment", g, s0, ctx.V)
-    pc = plucker_cameras(rd, rm, ctx.pp_fixed, per_frame_intrinsics=not ctx.cfg.shared_focal)
+    if per_frame is None:
+        per_frame = ctx.cfg.focal == "per_frame" and ctx.cfg.intrinsics is None
+    pc = plucker_cameras(rd, rm, ctx.pp_fixed, per_frame_intrinsics=per_frame)
     s.ray_R[g], s.ray_c[g] = pc.ref_from_cam_R, pc.centres
     s.ray_intr[g] = np.stack([pc.focal, pc.cx, pc.cy], -1)
     s.ray_q[g] = np.stack([pc.rot_rms, pc.centre_rms], -1)
@@ -335,20 +346,63 @@ def _shared_intrinsics(s: _Samples, ctx: _Setup) -> tuple[float, float, float]:
     return focal, weighted_median(np.concatenate(cxs), fwv * ok_f), weighted_median(np.concatenate(cys), fwv * ok_f)
 
 
-def _pair_cameras(s: _Samples, ctx: _Setup, focal: float, cx: float, cy: float) -> _PairCameras:
-    """Step 2b: the camera of every (window, frame) pair by batched PnP on its point-map samples."""
+def _focal_mode(windows: Mapping[str, Any], s: _Samples, ctx: _Setup, focal: float) -> tuple[str, np.ndarray, dict]:
+    """Step 2b: ``"given"``, ``"shared"`` or ``"per_frame"``, a (T,) first focal of every frame, and a record.
+
+    ``focal="auto"`` smooths the windows' first-frame point-map focals and per-frame ray focals over
+    time (:func:`geo4d.fusion.focal.focal_track`) and picks per-frame when the held-out windows say
+    the focal changes; then the ray cameras are recovered again with per-frame intrinsics (a second
+    read of the ray maps — for zooming videos only).
+    """
+    cfg, full = ctx.cfg, np.full(ctx.T, focal)
+    if cfg.intrinsics is not None:
+        return "given", full, {"focal_mode": "given"}
+    if cfg.focal == "shared":
+        return "shared", full, {"focal_mode": "shared"}
+    if cfg.focal == "per_frame":
+        return "per_frame", _focal_evidence(s, ctx).focal, {"focal_mode": "per_frame"}
+    track = _focal_evidence(s, ctx)
+    info = {"focal_auto": track.summary()}
+    if not track.varies:
+        return "shared", full, {"focal_mode": "shared", **info}
+    if ctx.use_rays:
+        for g in range(ctx.G):
+            _ray_cameras(windows, g, s, ctx, per_frame=True)
+    return "per_frame", track.focal, {"focal_mode": "per_frame", **info}
+
+
+def _focal_evidence(s: _Samples, ctx: _Setup) -> FocalTrack:
+    """The focal track of the per-window estimates read so far: each window's first point map (its
+    reference camera) and, with rays, every frame's ray intrinsics."""
+    G, V, cfg = ctx.G, ctx.V, ctx.cfg
+    frames, vals, ws, groups = [ctx.st], [s.win_intr[:, 0]], [np.full(G, cfg.alpha_pointmap)], [np.arange(G)]
+    if ctx.use_rays:
+        frames.append((ctx.st[:, None] + np.arange(V)).reshape(-1))
+        vals.append(s.ray_intr[:, :, 0].reshape(-1))
+        ws.append(np.full(G * V, cfg.alpha_rays))
+        groups.append(np.repeat(np.arange(G), V))
+    return focal_track(np.concatenate(frames), np.concatenate(vals), np.concatenate(ws), np.concatenate(groups), ctx.T,
+                       robust_scale=cfg.robust_scale)
+
+
+def _pair_cameras(s: _Samples, ctx: _Setup, focal: np.ndarray, cx: float, cy: float,
+                  estimate_focal: bool = False) -> _PairCameras:
+    """Step 2c: the camera of every (window, frame) pair by batched PnP on its point-map samples.
+
+    ``focal`` (T,) is each frame's focal (the starting value when ``estimate_focal``).
+    """
     G, V, n = ctx.G, ctx.V, ctx.n
     pg, pk = np.repeat(np.arange(G), V), np.tile(np.arange(V), G)
+    f0 = np.asarray(focal, dtype=np.float64)[ctx.st[pg] + pk]
     Pq = s.P.reshape(G * V, n, 3)  # float32; converted per chunk
     wq = s.w.reshape(G * V, n).astype(np.float64)
     R_pm, c_pm = np.zeros((G * V, 3, 3)), np.zeros((G * V, 3))
-    f_pm, rms_pm = np.full(G * V, focal), np.full(G * V, np.nan)
+    f_pm, rms_pm = f0.copy(), np.full(G * V, np.nan)
     logz = np.zeros((G * V, n))
     chunk, iterations = 128, 0  # pairs per batched PnP (bounds its temporary arrays)
     for a in range(0, G * V, chunk):
         b = min(G * V, a + chunk)
-        out = pnp(Pq[a:b].astype(np.float64), ctx.uv_square, wq[a:b], np.full(b - a, focal), cx, cy,
-                  estimate_focal=not ctx.cfg.shared_focal and ctx.cfg.intrinsics is None)
+        out = pnp(Pq[a:b].astype(np.float64), ctx.uv_square, wq[a:b], f0[a:b], cx, cy, estimate_focal=estimate_focal)
         R_pm[a:b], c_pm[a:b], f_pm[a:b], rms_pm[a:b] = out["R"], out["c"], out["focal"], out["rms"]
         iterations = max(iterations, out["iterations"])
         z = out["depth"]
@@ -365,20 +419,25 @@ def _pair_cameras(s: _Samples, ctx: _Setup, focal: float, cx: float, cy: float) 
     return _PairCameras(pairs, f_pm, rms_pm, iterations)
 
 
-def _frame_focals(s: _Samples, cams: _PairCameras, ctx: _Setup, focal: float) -> np.ndarray:
-    """Step 2c: (T,) focal per frame: the shared one, or a weighted median over the frame's pairs."""
-    if ctx.cfg.shared_focal or ctx.cfg.intrinsics is not None:
+def _frame_focals(s: _Samples, cams: _PairCameras, ctx: _Setup, focal: float, mode: str, info: dict) -> np.ndarray:
+    """Step 2d: (T,) focal per frame: the shared one, or (``mode="per_frame"``) the robust temporal
+    smoothing (:func:`geo4d.fusion.focal.focal_track`) of every pair's PnP focal and ray focal."""
+    if mode != "per_frame":
         return np.full(ctx.T, focal)
-    pi, pm_ok, cfg = cams.pairs.i, cams.pairs.pm_ok, ctx.cfg
-    focals = np.full(ctx.T, np.nan)
-    for i in range(ctx.T):
-        m = (pi == i) & pm_ok
-        vals, ws = [cams.f_pm[m]], [np.full(m.sum(), cfg.alpha_pointmap)]
-        if ctx.use_rays:
-            vals.append(s.ray_intr.reshape(ctx.G * ctx.V, 3)[pi == i, 0])
-            ws.append(np.full((pi == i).sum(), cfg.alpha_rays))
-        focals[i] = weighted_median(np.concatenate(vals), np.concatenate(ws))
-    return np.where(np.isfinite(focals), focals, focal)
+    pairs, cfg = cams.pairs, ctx.cfg
+    frames, vals, ws, groups = [pairs.i], [cams.f_pm], [np.where(pairs.pm_ok, cfg.alpha_pointmap, 0.0)], [pairs.g]
+    if ctx.use_rays:
+        frames.append(pairs.i)
+        vals.append(s.ray_intr[:, :, 0].reshape(-1))
+        ws.append(np.full(len(pairs.i), cfg.alpha_rays))
+        groups.append(pairs.g)
+    vals_all, ws_all = np.concatenate(vals), np.concatenate(ws)
+    if not (np.isfinite(vals_all) & (vals_all > 0) & (ws_all > 0)).any():
+        return np.full(ctx.T, focal)
+    track = focal_track(np.concatenate(frames), vals_all, ws_all, np.concatenate(groups), ctx.T,
+                        robust_scale=cfg.robust_scale)
+    info["focal_smoothing"] = track.summary()
+    return track.focal
 
 
 def _chain(pairs: PairData, ctx: _Setup):
@@ -406,6 +465,7 @@ def _refine(state, pairs: PairData, ctx: _Setup):
         state, sinfo = refine(
             state, pairs, ctx.T, alphas=alphas, smooth_rot=math.radians(cfg.smooth_rot_deg), smooth_trans=cfg.smooth_trans,
             robust_scale=cfg.robust_scale, iterations=cfg.iterations, rounds=cfg.robust_rounds,
+            smooth_auto=cfg.smooth_auto, consensus=cfg.consensus_init,
         )
     else:
         sinfo = {"rounds": [], "iterations": 0, "pm_weight": pairs.pm_ok.astype(float),
@@ -449,18 +509,21 @@ def _fit_disparities(s: _Samples, pairs: PairData, state, sinfo: dict, ctx: _Set
 
 def _fuse_depth(windows: Mapping[str, Any], s: _Samples, pairs: PairData, state, sinfo: dict,
                 win_sigma: np.ndarray, disp_fit: list[dict], K: np.ndarray, ctx: _Setup):
-    """Step 6: read each window again; per pixel, a robust weighted mean of every window's log depth.
+    """Step 6: read each window again; per pixel, a robust weighted mean of every window's log depth
+    (point-map pixels), or of the windows' disparity-only depths where no point map is valid.
 
-    Returns ``(depth (T,H,W), confidence (T,H,W), world points (T,H,W,3))``, float32, 0 where invalid.
+    Returns ``(depth (T,H,W), confidence (T,H,W), world points (T,H,W,3))``, float32, 0 where invalid,
+    and the (T,H,W) uint8 :class:`DepthSource` map.
     """
     T, H, W, V = ctx.T, ctx.H, ctx.W, ctx.V
     depth_out, conf_out = np.zeros((T, H, W), np.float32), np.zeros((T, H, W), np.float32)
     points_out = np.zeros((T, H, W, 3), np.float32)
+    source_out = np.zeros((T, H, W), np.uint8)
     Kinv = np.linalg.inv(K)
     pix = np.concatenate([ctx.grid, np.ones((H * W, 1))], axis=-1)  # (HW,3)
 
-    def finish(i: int, depth: np.ndarray, conf: np.ndarray) -> None:
-        depth_out[i], conf_out[i] = depth, conf
+    def finish(i: int, depth: np.ndarray, conf: np.ndarray, source: np.ndarray) -> None:
+        depth_out[i], conf_out[i], source_out[i] = depth, conf, source
         Xw = (pix @ Kinv[i].T) * depth.reshape(-1, 1) @ state.R[i].T + state.c[i]  # world_from_cam · d K⁻¹[u,v,1]
         Xw[depth.reshape(-1) <= 0] = 0.0
         points_out[i] = Xw.reshape(H, W, 3)
@@ -469,40 +532,44 @@ def _fuse_depth(windows: Mapping[str, Any], s: _Samples, pairs: PairData, state,
     for s0 in ctx.st:
         cover_count[s0 : s0 + V] += 1
     acc = DepthAccumulator(T, H, W, cover_count, finish, robust_scale=3.0 * ctx.cfg.depth_spread,
-                           spread=ctx.cfg.depth_spread)
+                           spread=ctx.cfg.depth_spread, fallback_max_spread=ctx.cfg.disparity_only_max_error)
     pm_w = np.asarray(sinfo["pm_weight"], dtype=np.float64)
     for g in np.argsort(ctx.st, kind="stable"):
         _window_depth_candidates(windows, int(g), s, pairs, state, pm_w, win_sigma[g], disp_fit[g], acc, ctx)
         ctx.tick(f"window {g} (frames {int(ctx.st[g])}–{int(ctx.st[g]) + V - 1}): depth")
-    return depth_out, conf_out, points_out
+    return depth_out, conf_out, points_out, source_out
 
 
 def _window_depth_candidates(windows: Mapping[str, Any], g: int, s: _Samples, pairs: PairData, state,
                              pm_w: np.ndarray, sigma: float, fit: dict, acc: DepthAccumulator, ctx: _Setup) -> None:
-    """Window g's per-frame depth candidates (point map, and disparity through its affine map)."""
+    """Window g's per-frame depth candidates (point map, and disparity through its affine map), and
+    its disparity-only fallback candidates where its point map is invalid."""
     HW, V, cfg, s0 = ctx.H * ctx.W, ctx.V, ctx.cfg, int(ctx.st[g])
     pm = np.asarray(windows["pointmap"][g], dtype=np.float64).reshape(V, HW, 3)
     conf = np.asarray(windows["pointmap_conf"][g], dtype=np.float64).reshape(V, HW)
     disp = np.asarray(windows["disparity"][g], dtype=np.float64).reshape(V, HW) if ctx.use_disp else None
+    use_fallback = ctx.use_disp and cfg.disparity_only_depth and bool(fit.get("enabled"))
     for k in range(V):
         q = g * V + k
+        # A down-weighted pair still gives depth where nothing else does (weight floor 1e-3):
+        # its camera may disagree with the video, but its depths live in its own camera.
+        wq_pair = max(pm_w[q], 1e-3)
+        cw = _clipped_conf(conf[k], cfg)
+        fb = _disparity_only_candidate(disp[k], cw, fit, wq_pair, ctx) if use_fallback else None
+        fallback = [] if fb is None else [fb]
         if not pairs.pm_ok[q]:
-            acc.add(s0 + k, [])
+            acc.add(s0 + k, [], fallback)
             continue
         Pk = pm[k].copy()
         Pk[:, 2] += s.win_intr[g, 3]
         z = (Pk - pairs.c_pm[q]) @ pairs.R_pm[q][:, 2]  # camera-frame z: (Rᵀ(P − c))_z
-        cw = _clipped_conf(conf[k], cfg)
         ok = (cw > 0) & (z > 0)
         ld = np.log(np.where(ok, z, 1.0)) + state.logs[g]
-        # A down-weighted pair still gives depth where nothing else does (weight floor 1e-3):
-        # its camera may disagree with the video, but its depths live in its own camera.
-        wq_pair = max(pm_w[q], 1e-3)
         wpm = np.where(ok, cfg.alpha_pointmap * wq_pair * cw / sigma ** 2, 0.0)
         cands = [(ld.reshape(ctx.H, ctx.W), wpm.reshape(ctx.H, ctx.W), (wq_pair * cw).reshape(ctx.H, ctx.W))]
         if ctx.use_disp and fit.get("enabled"):
             cands.append(_disparity_candidate(disp[k], cw, fit, wq_pair, ctx))
-        acc.add(s0 + k, cands)
+        acc.add(s0 + k, cands, fallback)
 
 
 def _disparity_candidate(dk: np.ndarray, cw: np.ndarray, fit: dict, wq_pair: float, ctx: _Setup) -> tuple:
@@ -515,14 +582,40 @@ def _disparity_candidate(dk: np.ndarray, cw: np.ndarray, fit: dict, wq_pair: flo
     return ldd.reshape(ctx.H, ctx.W), wd.reshape(ctx.H, ctx.W), None
 
 
-def _apply_gauge(depth: np.ndarray, conf: np.ndarray, points: np.ndarray) -> tuple[str, float]:
-    """Step 7: scale depth and points (in place) so the median valid depth of frame 0 is 1."""
-    v0 = depth[0][conf[0] > 0]
+def _disparity_only_candidate(dk: np.ndarray, cw: np.ndarray, fit: dict, wq_pair: float, ctx: _Setup) -> tuple | None:
+    """``(log depth, weight, confidence)`` of one frame's disparity where its point map is invalid
+    (``cw == 0``), or None when no pixel qualifies.
+
+    The depth is ``a / (disp − b)`` (:func:`geo4d.fusion.depth.disparity_log_depth`) where the
+    disparity is valid (not sky: non-zero, above ``disparity_min``), the map gives a positive inverse
+    depth, and the predicted log-depth error ``σ`` is at most ``disparity_only_max_error``; weight
+    ``α₂ · w_pair / σ²``, input confidence ``w_pair / (1 + (σ / depth_spread)²)``.
+    """
+    cfg = ctx.cfg
+    dok = _valid_disparity(dk, cfg) & (cw <= 0)
+    if not dok.any():
+        return None
+    ld, sig, pos = disparity_log_depth(dk, fit)
+    dok &= pos & (sig <= cfg.disparity_only_max_error)
+    if not dok.any():
+        return None
+    sig = np.where(dok, sig, 1.0)
+    wd = np.where(dok, cfg.alpha_disparity * wq_pair / sig ** 2, 0.0)
+    cd = np.where(dok, wq_pair / (1.0 + (sig / cfg.depth_spread) ** 2), 0.0)
+    shape = (ctx.H, ctx.W)
+    return np.where(dok, ld, 0.0).reshape(shape), wd.reshape(shape), cd.reshape(shape)
+
+
+def _apply_gauge(depth: np.ndarray, source: np.ndarray, points: np.ndarray) -> tuple[str, float]:
+    """Step 7: scale depth and points (in place) so the median point-map depth of frame 0 is 1
+    (``source`` (T,H,W) :class:`DepthSource`; disparity-only pixels do not move the gauge)."""
+    pm = source == DepthSource.POINTMAP
+    v0 = depth[0][pm[0]]
     if v0.size:
         med = float(np.median(v0))
         kind = "median valid depth of frame 0 = 1"
     else:
-        allv = depth[conf > 0]
+        allv = depth[pm]
         med = float(np.median(allv)) if allv.size else 1.0
         kind = "median valid depth of the video = 1 (frame 0 has no valid pixel)"
     inv_med = 1.0 / med if med > 0 else 1.0
@@ -550,7 +643,7 @@ def _diagnostics(s: _Samples, cams: _PairCameras, state, sinfo: dict, disp_fit: 
         "config": ctx.cfg.fingerprint_dict(),
         "gauge": {"kind": gauge_kind, "depth_scale_applied": inv_med},
         "intrinsics": {"focal": float(np.median(focals)), "cx": float(cx), "cy": float(cy),
-                       "shared_focal": ctx.cfg.shared_focal, "given": ctx.cfg.intrinsics is not None},
+                       "focal_setting": ctx.cfg.focal, "given": ctx.cfg.intrinsics is not None},
         "samples_per_frame": int(ctx.n),
         "windows": win_diag,
         "flagged_windows": flagged,

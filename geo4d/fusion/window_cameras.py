@@ -316,7 +316,8 @@ def pnp(
 
     Finds ``ref_from_cam = (R, c)`` with ``Rᵀ (P − c) ∝ K⁻¹ [u, v, 1]ᵀ``: a DLT in normalised image
     coordinates (Hartley-normalised points, smallest eigenvector of the 12×12 normal matrix,
-    projected to a rotation), then Levenberg-Marquardt on the weighted reprojection error with a
+    projected to a rotation; where the points are nearly planar, also a homography DLT in their
+    plane, keeping the start that reprojects better), then Levenberg-Marquardt on the weighted reprojection error with a
     Huber loss (optionally with the focal length free).
 
     Args:
@@ -349,8 +350,9 @@ def pnp(
     f = np.broadcast_to(np.asarray(focal, dtype=np.float64), (B,)).copy()
     ok = (w > 0).sum(1) >= 6
     ws = np.maximum(w.sum(1), 1e-300)
-    R, c = _pnp_dlt(P, uv, w, ws, f, cx, cy, ok)
     u_n, v_n = uv[None, :, 0] - cx, uv[None, :, 1] - cy
+    R, c = _pnp_dlt(P, uv, w, ws, f, cx, cy, ok)
+    _planar_starts(P, uv, w, ws, f, cx, cy, ok, R, c)
     Z, zs, front, r = _reprojection(P, R, c, f, u_n, v_n)
     e0 = np.sqrt(np.where(front, (r**2).sum(-1), 0.0))
     active = ok & (np.sqrt((w * e0**2).sum(-1) / ws) * f >= 1e-4)
@@ -416,6 +418,74 @@ def _pnp_dlt(P: np.ndarray, uv: np.ndarray, w: np.ndarray, ws: np.ndarray, f: np
     R = np.swapaxes(Rt, -1, -2)
     c_n = -np.einsum("bij,bj->bi", R, Mx[:, :, 3]) / lam[:, None]
     return R, mu + spread[:, None] * c_n
+
+
+def _planar_starts(P: np.ndarray, uv: np.ndarray, w: np.ndarray, ws: np.ndarray, f: np.ndarray, cx: float, cy: float,
+                   ok: np.ndarray, R: np.ndarray, c: np.ndarray) -> None:
+    """Points (nearly) on a plane (e.g. only the ground within the point map's range) leave the
+    general DLT degenerate: for those cameras also solve the plane's homography (:func:`_pnp_planar`)
+    and replace ``R`` (B,3,3), ``c`` (B,3) in place where it reprojects better."""
+    flat = np.flatnonzero(ok & _nearly_planar(P, w, ws))
+    if not len(flat):
+        return
+    u_n, v_n = uv[None, :, 0] - cx, uv[None, :, 1] - cy
+    Rp, cp = _pnp_planar(P[flat], uv, w[flat], ws[flat], f[flat], cx, cy)
+    e_p = _start_error(P[flat], Rp, cp, f[flat], u_n, v_n, w[flat], ws[flat])
+    better = e_p < _start_error(P[flat], R[flat], c[flat], f[flat], u_n, v_n, w[flat], ws[flat])
+    R[flat[better]], c[flat[better]] = Rp[better], cp[better]
+
+
+def _nearly_planar(P: np.ndarray, w: np.ndarray, ws: np.ndarray, ratio: float = 1e-4) -> np.ndarray:
+    """(B,) whether the weighted points (B,n,3) are nearly planar: the smallest eigenvalue of their
+    covariance is below ``ratio`` times the largest (thickness below 1 % of the extent)."""
+    mu = np.einsum("bn,bni->bi", w, P) / ws[:, None]
+    D = P - mu[:, None]
+    ev = np.linalg.eigvalsh(np.matmul(np.swapaxes(D * w[..., None], -1, -2), D) / ws[:, None, None])
+    return ev[:, 0] < ratio * np.maximum(ev[:, 2], 1e-300)
+
+
+def _pnp_planar(P: np.ndarray, uv: np.ndarray, w: np.ndarray, ws: np.ndarray, f: np.ndarray, cx: float,
+                cy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Initial ``(R (B,3,3), c (B,3))`` of cameras seeing points on a plane, by a homography DLT.
+
+    In the points' principal plane (centroid ``μ``, in-plane axes ``e₁, e₂`` of the weighted
+    covariance, scale ``s``), ``P = μ + s (a e₁ + b e₂)`` and ``[x, y, 1]ᵀ ∝ H [a, b, 1]ᵀ`` with
+    ``H = λ [Rᵀe₁, Rᵀe₂, Rᵀ(μ − c)/s]``: ``H`` is the smallest eigenvector of a 9×9 normal matrix,
+    its sign makes the centroid's depth positive, ``λ`` is the mean norm of its first two columns.
+    Written by hand: NumPy/SciPy have no (batched) planar pose solver.
+    """
+    B, n, _ = P.shape
+    mu = np.einsum("bn,bni->bi", w, P) / ws[:, None]
+    D = P - mu[:, None]
+    evals, E = np.linalg.eigh(np.matmul(np.swapaxes(D * w[..., None], -1, -2), D) / ws[:, None, None])
+    e1, e2 = E[..., 2], E[..., 1]
+    sc = np.sqrt(np.maximum(evals[:, 2], 1e-300))
+    a, b = np.einsum("bni,bi->bn", D, e1) / sc[:, None], np.einsum("bni,bi->bn", D, e2) / sc[:, None]
+    x = (uv[None, :, 0] - cx) / f[:, None]
+    y = (uv[None, :, 1] - cy) / f[:, None]
+    one, zero = np.ones_like(a), np.zeros_like(a)
+    A1 = np.stack([a, b, one, zero, zero, zero, -x * a, -x * b, -x], -1)  # (B,n,9)
+    A2 = np.stack([zero, zero, zero, a, b, one, -y * a, -y * b, -y], -1)
+    N = np.matmul(np.swapaxes(A1 * w[..., None], -1, -2), A1) + np.matmul(np.swapaxes(A2 * w[..., None], -1, -2), A2)
+    Hm = np.linalg.eigh(N)[1][:, :, 0].reshape(B, 3, 3)
+    Hm *= np.where(Hm[:, 2, 2] < 0, -1.0, 1.0)[:, None, None]
+    lam = 0.5 * (np.linalg.norm(Hm[:, :, 0], axis=-1) + np.linalg.norm(Hm[:, :, 1], axis=-1))
+    lam = np.where(lam > 0, lam, 1.0)
+    r1, r2 = Hm[:, :, 0] / lam[:, None], Hm[:, :, 1] / lam[:, None]
+    U, _, Vt = np.linalg.svd(np.stack([r1, r2, np.cross(r1, r2)], -1))
+    basis = np.stack([e1, e2, np.cross(e1, e2)], -1)  # (B,3,3) columns e₁, e₂, e₁×e₂
+    Rt = (U @ Vt) @ np.swapaxes(basis, -1, -2)  # cam_from_ref
+    R = np.swapaxes(Rt, -1, -2)
+    return R, mu - sc[:, None] * np.einsum("bij,bj->bi", R, Hm[:, :, 2] / lam[:, None])
+
+
+def _start_error(P: np.ndarray, R: np.ndarray, c: np.ndarray, f: np.ndarray, u_n: np.ndarray, v_n: np.ndarray,
+                 w: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """(B,) weighted mean squared reprojection error of a starting pose (normalised units, each point
+    capped at 1; a point behind the camera counts 1)."""
+    _, _, front, r = _reprojection(P, R, c, f, u_n, v_n)
+    e = np.where(front, np.minimum((r**2).sum(-1), 1.0), 1.0)
+    return (w * e).sum(-1) / ws
 
 
 def _reprojection(P: np.ndarray, R: np.ndarray, c: np.ndarray, f: np.ndarray, u_n: np.ndarray, v_n: np.ndarray):

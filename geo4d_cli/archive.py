@@ -12,7 +12,8 @@ from geo4d.errors import InputError
 
 
 def cmd_archive(args: argparse.Namespace) -> int:
-    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, fusion_option, predictor_spec
+    from geo4d_cli.prefect_server import prefect_env
+    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, fusion_option, predictor_spec
     from storage.sources import plan_archive
     from storage.store import Store
 
@@ -28,7 +29,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     if args.dask_address and args.gpus:
         raise InputError("--gpus starts local GPU workers; with --dask-address the cluster's workers declare "
                          "their GPUs (dask worker … --resources GPU=1)")
-    _prefect_env()
+    prefect_env()
     import distributed  # noqa: F401  -- configures its loggers before Prefect's, as in a Dask worker (quiet)
 
     from flows.archive import reconstruct_archive

@@ -19,6 +19,7 @@ DEMO_NOISE = {"depth_noise": 0.03, "pose_jitter_deg": 0.3}
 
 def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 256, seed: int = 0) -> int:
     from geo4d.formats.ply import write_ply
+    from geo4d_cli.prefect_server import prefect_env
     from geo4d.report import format_metrics_table, write_summary_png
     from geo4d.synthetic import make_scene, render, write_video
     from storage.ground_truth import read_ground_truth, write_ground_truth
@@ -35,15 +36,11 @@ def run_demo(workdir: Path, frames: int = 48, height: int = 160, width: int = 25
     write_video(video, rendered.frames, fps=10)
     write_ground_truth(data / f"{name}.gt", rendered.geometry)
 
-    print("[2/4] reconstructing with Prefect (embedded, no server): decode → windows → fuse → evaluate")
+    print("[2/4] reconstructing with Prefect (a temporary local server): decode → windows → fuse → evaluate")
     print(f"      predictor: SYNTHETIC test instrument (ground truth + unknown gauges + noise {DEMO_NOISE})")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its telemetry write raced the server's
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    if "PREFECT_API_URL" not in os.environ:
-        # Embedded mode with the demo's own database: no server, no contention with other runs.
+    if "PREFECT_API_URL" not in os.environ:  # the demo's own database: no contention with other runs
         os.environ.setdefault("PREFECT_HOME", str((workdir / ".prefect").resolve()))
-    os.environ.setdefault("GEO4D_CONSOLE_PROGRESS", "1")
+    prefect_env()  # as `geo4d reconstruct`: quiet logs, console progress, the server's longer start-up
     from flows.reconstruct import reconstruct_video
 
     store_path = workdir / "store.zarr"

@@ -240,7 +240,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import time
 
-    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, _prefect_env, predictor_spec
+    from geo4d_cli.prefect_server import prefect_env
+    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, predictor_spec
     from geo4d.datasets import list_sequences
 
     root = Path(args.root)
@@ -274,7 +275,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print("note: the official depth-alignment loop (up to 5000 Adam steps per sequence) runs on the CPU "
                   "here, which is slow on full-resolution sequences; --depth-align exact takes seconds "
                   "(docs/evaluation.md compares the two)")
-    _prefect_env()
+    prefect_env()
     from flows.evaluate import evaluate_benchmark
 
     t0 = time.perf_counter()

@@ -19,11 +19,28 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["start_temporary_server", "STARTUP_TIMEOUT_S"]
+__all__ = ["prefect_env", "start_temporary_server", "STARTUP_TIMEOUT_S"]
 
 #: Seconds the temporary server may take to start (Prefect's default, 20 s, is exceeded under load).
 STARTUP_TIMEOUT_S = 120
 _SERVER_MARK = b"prefect.server.api.server:create_app"
+
+
+def prefect_env() -> None:
+    """Local Prefect for command-line runs; a user's PREFECT_API_URL (a real server) is respected.
+
+    Prefect's console logger is kept for critical messages only: a failing stage's traceback would
+    bury the one-line error the CLI prints (runs are still fully recorded by the Prefect API).
+    Progress is printed by the stages themselves (GEO4D_CONSOLE_PROGRESS). Without a configured server
+    the temporary one is started here, with a longer start timeout and a watchdog that stops it when
+    this process ends (:mod:`geo4d_cli.prefect_server`).
+    """
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("GEO4D_CONSOLE_PROGRESS", "1")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(STARTUP_TIMEOUT_S))
+    start_temporary_server()
 
 
 def start_temporary_server() -> str | None:

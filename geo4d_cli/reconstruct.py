@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from geo4d.errors import InputError
+from geo4d_cli.prefect_server import prefect_env
 
 SYNTHETIC_NOTICE = (
     "predictor: SYNTHETIC test instrument — predictions are derived from ground truth, not from the network"
@@ -21,25 +22,6 @@ NO_REPORT_HELP = ("do not draw the report figure STORE/reports/<id>.png (default
 
 _OVERWRITE_HELP = ("recompute stages finished with other settings (default: stop with one line naming the "
                    "differing setting; nothing is deleted)")
-
-
-def _prefect_env() -> None:
-    """Local Prefect for command-line runs; a user's PREFECT_API_URL (a real server) is respected.
-
-    Prefect's console logger is kept for critical messages only: a failing stage's traceback would
-    bury the one-line error the CLI prints (runs are still fully recorded by the Prefect API).
-    Progress is printed by the stages themselves (GEO4D_CONSOLE_PROGRESS). Without a configured server
-    the temporary one is started here, with a longer start timeout and a watchdog that stops it when
-    this process ends (:mod:`geo4d_cli.prefect_server`).
-    """
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    os.environ.setdefault("GEO4D_CONSOLE_PROGRESS", "1")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    from geo4d_cli.prefect_server import STARTUP_TIMEOUT_S, start_temporary_server
-
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(STARTUP_TIMEOUT_S))
-    start_temporary_server()
 
 
 def add_predictor_args(p: argparse.ArgumentParser) -> None:
@@ -163,7 +145,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _open_store(args.store)  # fail fast on a store of another layout, before any work
     if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
-    _prefect_env()
+    prefect_env()
     from flows.reconstruct import reconstruct_video
     from tasks.progress import close_console
 

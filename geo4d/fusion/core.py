@@ -374,15 +374,21 @@ def _focal_mode(windows: Mapping[str, Any], s: _Samples, ctx: _Setup, focal: flo
 def _focal_evidence(s: _Samples, ctx: _Setup) -> FocalTrack:
     """The focal track of the per-window estimates read so far: each window's first point map (its
     reference camera) and, with rays, every frame's ray intrinsics."""
-    G, V, cfg = ctx.G, ctx.V, ctx.cfg
-    frames, vals, ws, groups = [ctx.st], [s.win_intr[:, 0]], [np.full(G, cfg.alpha_pointmap)], [np.arange(G)]
-    if ctx.use_rays:
-        frames.append((ctx.st[:, None] + np.arange(V)).reshape(-1))
-        vals.append(s.ray_intr[:, :, 0].reshape(-1))
-        ws.append(np.full(G * V, cfg.alpha_rays))
-        groups.append(np.repeat(np.arange(G), V))
-    return focal_track(np.concatenate(frames), np.concatenate(vals), np.concatenate(ws), np.concatenate(groups), ctx.T,
-                       robust_scale=cfg.robust_scale)
+    G, cfg = ctx.G, ctx.cfg
+    point_maps = (ctx.st, s.win_intr[:, 0], np.full(G, cfg.alpha_pointmap), np.arange(G))
+    frames, vals, ws, groups = (np.concatenate(x) for x in zip(point_maps, *_ray_focals(s, ctx)))
+    return focal_track(frames, vals, ws, groups, ctx.T, robust_scale=cfg.robust_scale)
+
+
+def _ray_focals(s: _Samples, ctx: _Setup) -> list[tuple[np.ndarray, ...]]:
+    """The ray maps' focal evidence, ``[(frame, focal, weight, window)]`` of every (window, frame)
+    pair in pair order (``g · V + k``), or ``[]`` without the ray term."""
+    if not ctx.use_rays:
+        return []
+    G, V = ctx.G, ctx.V
+    pg = np.repeat(np.arange(G), V)
+    return [(ctx.st[pg] + np.tile(np.arange(V), G), s.ray_intr[:, :, 0].reshape(-1),
+             np.full(G * V, ctx.cfg.alpha_rays), pg)]
 
 
 def _pair_cameras(s: _Samples, ctx: _Setup, focal: np.ndarray, cx: float, cy: float,
@@ -425,17 +431,11 @@ def _frame_focals(s: _Samples, cams: _PairCameras, ctx: _Setup, focal: float, mo
     if mode != "per_frame":
         return np.full(ctx.T, focal)
     pairs, cfg = cams.pairs, ctx.cfg
-    frames, vals, ws, groups = [pairs.i], [cams.f_pm], [np.where(pairs.pm_ok, cfg.alpha_pointmap, 0.0)], [pairs.g]
-    if ctx.use_rays:
-        frames.append(pairs.i)
-        vals.append(s.ray_intr[:, :, 0].reshape(-1))
-        ws.append(np.full(len(pairs.i), cfg.alpha_rays))
-        groups.append(pairs.g)
-    vals_all, ws_all = np.concatenate(vals), np.concatenate(ws)
-    if not (np.isfinite(vals_all) & (vals_all > 0) & (ws_all > 0)).any():
+    pnp_focals = (pairs.i, cams.f_pm, np.where(pairs.pm_ok, cfg.alpha_pointmap, 0.0), pairs.g)
+    frames, vals, ws, groups = (np.concatenate(x) for x in zip(pnp_focals, *_ray_focals(s, ctx)))
+    if not (np.isfinite(vals) & (vals > 0) & (ws > 0)).any():
         return np.full(ctx.T, focal)
-    track = focal_track(np.concatenate(frames), vals_all, ws_all, np.concatenate(groups), ctx.T,
-                        robust_scale=cfg.robust_scale)
+    track = focal_track(frames, vals, ws, groups, ctx.T, robust_scale=cfg.robust_scale)
     info["focal_smoothing"] = track.summary()
     return track.focal
 

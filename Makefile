@@ -34,6 +34,7 @@ bench: install
 	$(PY) benchmarks/fusion.py
 	$(PY) benchmarks/sampling.py
 	$(PY) benchmarks/archive.py
+	$(PY) benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "geo4d_cli.verify",       # verify
     "geo4d_cli.report",       # report
     "geo4d_cli.view",         # view
+    "geo4d_cli.train",        # train
 )
 
 

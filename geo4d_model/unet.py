@@ -199,6 +199,18 @@ class UNet3D(nn.Module):
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
         self.out = nn.Sequential(_gn(ch), nn.SiLU(), nn.Conv2d(mc, cfg.out_channels, 3, padding=1))
+        #: Training switch: recompute each block's activations in the backward pass instead of storing them.
+        self.gradient_checkpointing = False
+
+    def _run_block(self, block: EmbedSequential, h: torch.Tensor, emb: torch.Tensor, context: torch.Tensor,
+                   frames: int) -> torch.Tensor:
+        """One block, under :func:`torch.utils.checkpoint.checkpoint` when ``gradient_checkpointing`` is on
+        and the module trains with gradients enabled."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+
+            return checkpoint(block, h, emb, context, frames, use_reentrant=False)
+        return block(h, emb, context, frames)
 
     @property
     def downsample_factor(self) -> int:
@@ -238,12 +250,12 @@ class UNet3D(nn.Module):
         h_ = x.transpose(1, 2).reshape(b * frames, x.shape[1], h, w)  # (b t) c h w
         skips = []
         for i, block in enumerate(self.input_blocks):
-            h_ = block(h_, emb, context, frames)
+            h_ = self._run_block(block, h_, emb, context, frames)
             if i == 0 and self.cfg.addition_attention:
-                h_ = self.init_attn(h_, emb, context, frames)
+                h_ = self._run_block(self.init_attn, h_, emb, context, frames)
             skips.append(h_)
-        h_ = self.middle_block(h_, emb, context, frames)
+        h_ = self._run_block(self.middle_block, h_, emb, context, frames)
         for block in self.output_blocks:
-            h_ = block(torch.cat([h_, skips.pop()], dim=1), emb, context, frames)
+            h_ = self._run_block(block, torch.cat([h_, skips.pop()], dim=1), emb, context, frames)
         y = self.out(h_)
         return y.view(b, frames, -1, h, w).transpose(1, 2)

@@ -23,7 +23,7 @@ import zarr
 
 from geo4d.errors import InputError, StoreError
 
-__all__ = ["CLIP_ARRAYS", "ExportReader", "export_videos", "read_export_clip"]
+__all__ = ["CLIP_ARRAYS", "ExportReader", "ShardReader", "export_videos", "read_export_clip"]
 
 #: The arrays of an exported video that a training clip needs.
 CLIP_ARRAYS = ("rgb", "depth", "intrinsics", "world_from_cam")
@@ -92,3 +92,98 @@ class ExportReader:
         if not 0 <= video_index < len(self.videos):
             raise InputError(f"{self.root}: no video {video_index} (the export has {len(self.videos)})")
         return _read_clip(self.root, self.videos[video_index], int(start), int(n_frames))
+
+
+# --- webdataset shards (`geo4d export --format webdataset`, storage/shards.py) -----------------------
+#: Members of a shard sample that a training clip needs, and the clip dict names they are read as.
+_SHARD_MEMBERS = {"frames.npy": "rgb", "depth.npy": "depth", "intrinsics.npy": "intrinsics",
+                  "world_from_cam.npy": "world_from_cam"}
+
+
+def _index_shard(path: Path) -> dict[str, dict[str, tuple[int, int]]]:
+    """``{key: {member suffix: (data offset, size)}}`` of one tar shard, from its headers only."""
+    import tarfile
+
+    out: dict[str, dict[str, tuple[int, int]]] = {}
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isfile() and "." in m.name:
+                    key, suffix = m.name.split(".", 1)
+                    out.setdefault(key, {})[suffix] = (m.offset_data, m.size)
+    except (tarfile.TarError, OSError) as exc:
+        raise InputError(f"{path}: not a readable tar shard ({_first_line(exc)})") from None
+    return out
+
+
+class ShardReader:
+    """Random access to the samples of webdataset shards, for training clips.
+
+    webdataset reads shards as streams; a resumable training run needs sample ``i`` at step ``k``
+    whatever came before, so the shards' tar headers are indexed once (offsets of every member) and a
+    clip reads only its sample's arrays (written here: no maintained library offers indexed tar
+    access to webdataset shards without converting them). ``videos`` lists one entry per sample
+    (``id`` = its key, ``n_frames``, ``fps``), the shape :class:`geo4d_model.train.data.ExportClips`
+    takes; calling ``reader(sample_index, start, n_frames)`` returns the clip dict of
+    :func:`read_export_clip` (poses relative to the sample's first frame, which the targets re-base).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        from storage.shards import read_shards_manifest, shard_paths
+
+        self.root = Path(root)
+        manifest = read_shards_manifest(self.root)
+        self._entries: list[tuple[str, str, dict[str, tuple[int, int]]]] = []
+        for url in shard_paths(self.root):
+            for key, members in _index_shard(Path(url)).items():
+                missing = sorted(set(_SHARD_MEMBERS) - set(members))
+                if missing:
+                    raise InputError(f"{url}: sample {key} lacks {', '.join(missing)}")
+                self._entries.append((url, key, members))
+        if not self._entries:
+            raise InputError(f"{self.root}: the shards hold no samples ({manifest.get('n_samples', 0)} listed)")
+        self.videos = [{"id": key, "n_frames": self._frames(i), "fps": self._fps(i)}
+                       for i, (_, key, _) in enumerate(self._entries)]
+
+    def _fps(self, index: int) -> float:
+        """The sample's source frame rate (its scores.json provenance), 24 when not recorded."""
+        import json
+
+        url, _, members = self._entries[index]
+        if "scores.json" not in members:
+            return 24.0
+        offset, size = members["scores.json"]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            meta = json.loads(f.read(size))
+        fps = (meta.get("provenance") or {}).get("fps") or meta.get("fps")
+        return float(fps) if fps else 24.0
+
+    def _array(self, index: int, member: str) -> np.ndarray:
+        import io
+
+        url, _, members = self._entries[index]
+        offset, size = members[member]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            return np.load(io.BytesIO(f.read(size)), allow_pickle=False)
+
+    def _frames(self, index: int) -> int:
+        import io
+
+        url, _, members = self._entries[index]
+        offset, size = members["depth.npy"]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            buf = io.BytesIO(f.read(min(size, 4096)))
+        major, _ = np.lib.format.read_magic(buf)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(buf)
+        return int(shape[0])
+
+    def __call__(self, sample_index: int, start: int, n_frames: int) -> dict[str, np.ndarray]:
+        if not 0 <= sample_index < len(self._entries):
+            raise InputError(f"{self.root}: no sample {sample_index} (the shards hold {len(self._entries)})")
+        sl = slice(int(start), int(start) + int(n_frames))
+        return {name: self._array(sample_index, member)[sl] for member, name in _SHARD_MEMBERS.items()}
+

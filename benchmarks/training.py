@@ -65,6 +65,7 @@ def _recipe_file(directory: Path, quick: bool, **changes) -> Path:
         data["validation"]["every"] = 0
         data["checkpoint_every"] = 10
     data.update(changes)
+    directory.mkdir(parents=True, exist_ok=True)
     path = directory / ("recipe-quick.yaml" if quick else "recipe.yaml")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

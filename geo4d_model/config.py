@@ -272,15 +272,25 @@ def load_config(config: str | Path | dict | Geo4DConfig) -> Geo4DConfig:
         return config
     if isinstance(config, dict):
         return config_from_dict(config)
-    import yaml
-
     path = Path(config)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable yaml file ({type(exc).__name__})") from None
+    raw = read_yaml(path, "config")
     if not isinstance(raw, dict):
         raise InputError(f"{path}: expected a yaml mapping at the top level")
     return config_from_dict(raw, str(path))
+
+
+def read_yaml(path: str | os.PathLike, what: str = "yaml") -> Any:
+    """The parsed content of a YAML file.
+
+    Raises:
+        InputError: ``<path>: <what> file not found`` or ``<path>: not a readable yaml file``.
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: {what} file not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError(f"{p}: not a readable yaml file ({type(exc).__name__})") from None

@@ -286,16 +286,10 @@ def recipe_from_dict(data: Any, source: str = "<dict>", base: str | os.PathLike 
 
 def load_recipe(path: str | os.PathLike) -> TrainRecipe:
     """Read a recipe YAML (relative paths resolved against its folder); see :func:`recipe_from_dict`."""
-    import yaml
+    from geo4d_model.config import read_yaml
 
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{p}: recipe file not found")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"{p}: not a readable yaml file ({type(exc).__name__})") from None
-    return recipe_from_dict(data, source=str(p), base=p.parent)
+    return recipe_from_dict(read_yaml(p, "recipe"), source=str(p), base=p.parent)
 
 
 # --- fingerprint -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Archive runs: many videos through decode → sample-windows → fuse → evaluate, on a Dask cluster.
+"""Archive runs: many videos through decode → shots → sample-windows → fuse → evaluate, on a Dask cluster.
 
 ``reconstruct_archive`` is what ``geo4d archive`` and the ``nightly-archive`` deployment both call: its
 cluster settings are parameters, it builds the task runner from them and runs ``archive-videos`` on it.
@@ -16,11 +16,12 @@ from prefect.futures import as_completed
 from geo4d.framing import plan_framing
 from geo4d.fusion import FusionConfig
 from pipeline.predictors import PredictorSpec, parse_predictor_spec
+from pipeline.shots import ShotSettings
 from storage.manifest import write_manifest
 from storage.sources import parse_intrinsics, plan_archive
 from storage.store import Store
 from tasks.archive import (decode_video_task, evaluate_video_task, fuse_video_task, rejected_summary,
-                           report_video_task, sample_windows_task, unfinished_summary)
+                           report_video_task, sample_windows_task, shots_video_task, unfinished_summary)
 from tasks.cluster import archive_task_runner, sampling_placement
 from tasks.progress import advance, announce
 
@@ -43,11 +44,13 @@ def reconstruct_archive(
     report: bool = True,
     resize: str = "crop",
     intrinsics: str | list[float] | None = None,
+    shots: dict | None = None,
 ) -> dict:
     """Reconstruct every video of ``sources`` into ``store``; finished stages are skipped on reruns.
 
     ``resize`` brings frames to the network size (:mod:`geo4d.framing`); ``intrinsics``
     (``"fx,fy,cx,cy"``, source pixels) fixes K for every video whose manifest row gives none.
+    ``shots``: :class:`pipeline.shots.ShotSettings` fields (default PySceneDetect; ``{"detector": "off"}``).
 
     Cluster: ``dask_address`` (an existing scheduler; its workers' ``GPU`` resources place the
     sampling), else ``gpus`` local GPU worker processes plus ``workers`` CPU workers, else
@@ -60,7 +63,7 @@ def reconstruct_archive(
     videos = archive_videos if runner is None else archive_videos.with_options(task_runner=runner)
     return videos(sources, store, predictor=predictor, fusion=fusion, evaluate=evaluate,
                   storage_options=storage_options, max_gpu_tasks=max_gpu_tasks, overwrite=overwrite, report=report,
-                  resize=resize, intrinsics=intrinsics)
+                  resize=resize, intrinsics=intrinsics, shots=shots)
 
 
 @flow(name="archive-videos", log_prints=True)
@@ -76,14 +79,16 @@ def archive_videos(
     report: bool = True,
     resize: str = "crop",
     intrinsics: str | list[float] | None = None,
+    shots: dict | None = None,
 ) -> dict:
-    """Per video: decode → sample-windows (GPU placement) → fuse → evaluate, each its own task.
+    """Per video: decode → shots → sample-windows (GPU placement) → fuse → evaluate, each its own task.
 
     A video that fails permanently is recorded with its reason and the others go on. Writes
     ``STORE/manifest.parquet`` and a table artifact of per-video results.
     """
     predictor = parse_predictor_spec(predictor)
     plan_framing((1, 1), (1, 1), resize)  # an unknown resize mode stops the run before any write
+    shots = ShotSettings.parse(shots, what="shots").model_dump()  # so do unknown shot settings
     if intrinsics is not None:
         intrinsics = ",".join(map(str, parse_intrinsics(intrinsics)))
     entries, rejected = plan_archive(sources)  # ids settled (conflicts refused) before any write
@@ -95,7 +100,7 @@ def archive_videos(
         advance("videos", 0, len(entries), "started")
     run = dict(store=store, predictor=predictor, fusion=fusion, evaluate=evaluate,
                storage_options=storage_options, placement=placement, overwrite=overwrite, report=report,
-               resize=resize)
+               resize=resize, shots=shots)
     chains = [(asdict(e), _submit_chain(asdict(e), **run)) for e in entries]
     results = _collect(chains) + [rejected_summary(asdict(r)) for r in rejected]
     order = {e.path: i for i, e in enumerate(entries)}
@@ -107,12 +112,13 @@ def archive_videos(
 
 
 def _submit_chain(source: dict, *, store, predictor, fusion, evaluate, storage_options, placement,
-                  overwrite, report=True, resize="crop") -> dict:
+                  overwrite, report=True, resize="crop", shots=None) -> dict:
     """Submit one video's tasks, each fed the summary of the one before; ``{stage: future}``."""
     decoded = decode_video_task.submit(source, store, predictor, storage_options, overwrite, resize)
+    found = shots_video_task.submit(decoded, store, shots, storage_options, overwrite)
     with placement.annotate():
-        sampled = sample_windows_task.submit(decoded, store, predictor, storage_options, placement.bound, overwrite)
-    chain = {"decode": decoded, "windows": sampled,
+        sampled = sample_windows_task.submit(found, store, predictor, storage_options, placement.bound, overwrite)
+    chain = {"decode": decoded, "shots": found, "windows": sampled,
              "fuse": fuse_video_task.submit(sampled, store, fusion, storage_options, overwrite)}
     if evaluate:
         chain["evaluate"] = evaluate_video_task.submit(chain["fuse"], store, storage_options, overwrite)

@@ -1,4 +1,4 @@
-"""Per-video reconstruction: decode → sample-windows → fuse → evaluate."""
+"""Per-video reconstruction: decode → shots → sample-windows → fuse → evaluate."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from prefect import flow
 from geo4d.fusion import FusionConfig
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE
 from pipeline.predictors import PredictorSpec, parse_predictor_spec, predictor_image_size
-from tasks.reconstruct import decode_task, evaluate_task, fuse_task, report_task, windows_task
+from tasks.reconstruct import decode_task, evaluate_task, fuse_task, report_task, shots_task, windows_task
 
 
 @flow(name="reconstruct-video", log_prints=True)
@@ -28,6 +28,7 @@ def reconstruct_video(
     overwrite: bool = False,
     lease_wait: float | None = None,
     report: bool = True,
+    shots: dict | None = None,
 ) -> dict:
     """Reconstruct one video into ``store``; finished stages are skipped on a rerun.
 
@@ -38,18 +39,21 @@ def reconstruct_video(
     ``fusion`` is a :class:`geo4d.fusion.FusionConfig` (default: its defaults). A stage finished with
     other settings stops the run with the differing setting unless ``overwrite``. Another writer of
     the same video is waited for ``lease_wait`` seconds (None: as long as it takes; 0: fail at once).
-    ``report`` draws ``STORE/reports/<id>.png`` last (:mod:`pipeline.report`; a failure is a warning).
+    ``shots``: :class:`pipeline.shots.ShotSettings` fields (default: PySceneDetect; ``{"detector":
+    "off"}``: one shot). ``report`` draws ``STORE/reports/<id>.png`` last (:mod:`pipeline.report`; a failure is a warning).
     """
     predictor = parse_predictor_spec(predictor)
     decoded = decode_task(video, store, video_id=video_id, size=predictor_image_size(predictor), resize=resize,
                           frame_stride=frame_stride, storage_options=storage_options, overwrite=overwrite,
                           lease_wait=lease_wait)
     vid = decoded["video_id"]
+    found = shots_task(store, vid, shots=shots, window_size=window_size, storage_options=storage_options,
+                       overwrite=overwrite, lease_wait=lease_wait)
     windows = windows_task(store, vid, predictor, window_size=window_size, stride=window_stride,
                            storage_options=storage_options, overwrite=overwrite, lease_wait=lease_wait)
     fused = fuse_task(store, vid, fusion=fusion, storage_options=storage_options, overwrite=overwrite,
                       lease_wait=lease_wait, intrinsics=intrinsics)
-    result = {"video_id": vid, "decode": decoded, "windows": windows, "fuse": fused}
+    result = {"video_id": vid, "decode": decoded, "shots": found, "windows": windows, "fuse": fused}
     if evaluate:
         result["evaluate"] = evaluate_task(store, vid, ground_truth=ground_truth, storage_options=storage_options,
                                            overwrite=overwrite, lease_wait=lease_wait)

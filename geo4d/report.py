@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
-__all__ = ["METRIC_COLUMNS", "SummaryInfo", "format_metrics_table", "write_summary_png"]
+__all__ = ["METRIC_COLUMNS", "SummaryInfo", "format_metrics_table", "write_summary_png", "shot_lines"]
 
 #: (metrics key, column title, format) of the metrics table the CLI prints.
 METRIC_COLUMNS = (
@@ -48,6 +48,9 @@ class SummaryInfo:
         focal_px: (fx, fy) focal lengths in pixels (e.g. medians over the frames).
         synthetic: True when the predictions came from the synthetic test instrument (None: unknown).
         metrics: evaluation metrics (keys of :data:`METRIC_COLUMNS`), or None without ground truth.
+        shots: each shot's record of quality scores (:func:`geo4d.quality.shot_scores`, with ``start``,
+            ``end``, ``skipped``), or None: a line on the shots, then one of scores per shot (at most
+            :data:`MAX_SHOT_LINES`).
 
     >>> print(SummaryInfo("clip-1", 20, 10.0, (71.4, 71.2), True, {"abs_rel": 0.0123}).title())
     clip-1 — 20 frames at 10 fps — focal fx 71.4 px, fy 71.2 px
@@ -61,6 +64,7 @@ class SummaryInfo:
     focal_px: tuple[float, float]
     synthetic: bool | None = None
     metrics: Mapping[str, float] | None = None
+    shots: Sequence[Mapping[str, Any]] | None = None
 
     def title(self) -> str:
         rate = f"{self.fps:g} fps" if self.fps > 0 else "unknown fps"
@@ -73,7 +77,41 @@ class SummaryInfo:
                  if self.metrics and self.metrics.get(key) is not None and np.isfinite(self.metrics[key])]
         if shown:
             lines.append(" · ".join(shown))
-        return "\n".join(lines)
+        return "\n".join(lines + shot_lines(self.shots or []))
+
+
+#: Shots of the report's title with a line of scores each (the others are counted).
+MAX_SHOT_LINES = 4
+#: (score, short name, format) of a shot's line in the report.
+SHOT_SCORE_COLUMNS = (("window_agreement", "agreement", "{:.3f}"), ("worst_window_agreement", "worst", "{:.3f}"),
+                      ("confident_fraction", "confident", "{:.2f}"),
+                      ("flagged_windows", "flagged", "{:.2f}"), ("rotation_deg", "rotation", "{:.0f}°"),
+                      ("translation_rel", "translation", "{:.2f}"), ("dynamic_fraction", "dynamic", "{:.2f}"),
+                      ("sky_fraction", "sky", "{:.2f}"))
+
+
+def shot_lines(shots: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The report's lines on a video's shots: how many (and the skipped ones with why), then the
+    scores of each reconstructed shot.
+
+    >>> shot_lines([{"shot": 0, "start": 0, "end": 20, "skipped": None, "window_agreement": 0.0012},
+    ...             {"shot": 1, "start": 20, "end": 29, "skipped": "shorter than one window (9 frames < 16)"}])
+    ['2 shots; skipped: frames 20–28 (shorter than one window (9 frames < 16))', 'shot 0 (frames 0–19): agreement 0.001']
+    """
+    if not shots:
+        return []
+    skipped = [s for s in shots if s.get("skipped")]
+    head = f"{len(shots)} shot{'s' if len(shots) != 1 else ''}"
+    if skipped:
+        head += "; skipped: " + ", ".join(f"frames {s['start']}–{s['end'] - 1} ({s['skipped']})" for s in skipped)
+    lines = [head]
+    done = [s for s in shots if not s.get("skipped")]
+    for s in done[:MAX_SHOT_LINES]:
+        vals = [f"{name} {fmt.format(s[k])}" for k, name, fmt in SHOT_SCORE_COLUMNS if s.get(k) is not None]
+        lines.append(f"shot {s['shot']} (frames {s['start']}–{s['end'] - 1}): " + " · ".join(vals))
+    if len(done) > MAX_SHOT_LINES:
+        lines.append(f"… and {len(done) - MAX_SHOT_LINES} more shots")
+    return lines
 
 
 def write_summary_png(
@@ -112,7 +150,8 @@ def write_summary_png(
         rows = list(shown)
     else:
         rows = list(range(len(shown)))
-    fig = plt.figure(figsize=(3.2 * len(shown), 9.6 + (0.9 if info else 0.0)))
+    extra = 0.9 + 0.2 * len(shot_lines(info.shots or [])) if info else 0.0  # room for the title's lines
+    fig = plt.figure(figsize=(3.2 * len(shown), 9.6 + extra))
     _draw_frames(fig, frames, depth, confidence, rows, list(shown))
     _draw_trajectory(fig, world_from_cam, gt_world_from_cam)
     heading = "\n".join(t for t in ((info.title() if info else ""), title) if t)

@@ -33,7 +33,7 @@ length times the window's focal error with ``focal_noise``.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -79,8 +79,10 @@ class SyntheticNoise(Spec):
             ``R ← R exp([ε]×)``, ``ε ~ N(0, σ² I₃)``, of the camera of every frame of each window (the
             first included), drawn from its own random stream (the other draws are unchanged); used
             for both the point map and the rays.
-        corrupt_windows: how many windows (drawn deterministically from ``window_starts(T, size,
-            stride)`` with the predictor's seed) are predicted with a wrong rotation.
+        corrupt_windows: how many windows (drawn deterministically, with the predictor's seed, from
+            the windows that will be predicted: the predictor's ``starts``, by default
+            ``window_starts(T, size, stride)``; per shot in a video with cuts) are predicted with a
+            wrong rotation.
         corrupt_deg: the wrong rotation's angle, about a random axis through the reference camera,
             applied to the points and rays of every frame after the first of a corrupted window.
         ramp_corruption: False (default): every frame after the first of a corrupted window gets the
@@ -152,7 +154,12 @@ class SyntheticPredictor(WindowPredictor):
             ``valid`` is False (sky) are predicted invalid. A missing ``dynamic_mask`` means none.
         noise: :class:`SyntheticNoise` (or a mapping of its fields); default clean.
         seed: seeds the gauges, the noise and the choice of corrupted windows.
-        window_size, stride: the window layout used to choose the corrupted windows.
+        window_size, stride: the window layout used to choose the corrupted windows (when
+            ``starts`` is not given).
+        starts: the starts of the windows that will be predicted — in a video split into shots, the
+            windows laid per shot (:func:`geo4d.shots.shot_window_starts`), which the whole-video
+            layout does not contain — the corrupted windows are drawn among them (None: the
+            whole-video layout ``window_starts(T, window_size, stride)``, the same draw as before).
         source: where the ground truth came from (its directory), for messages and
             :meth:`parameters`; default "in-memory ground truth".
 
@@ -183,7 +190,7 @@ class SyntheticPredictor(WindowPredictor):
 
     def __init__(self, ground_truth: Geometry, noise: SyntheticNoise | Mapping[str, Any] | None = None,
                  seed: int = 0, window_size: int = WINDOW_SIZE, stride: int = WINDOW_STRIDE, *,
-                 source: str | os.PathLike | None = None) -> None:
+                 source: str | os.PathLike | None = None, starts: Sequence[int] | None = None) -> None:
         if not isinstance(ground_truth, Geometry):
             raise InputError(
                 f"synthetic predictor: ground truth must be a geo4d.geometry.Geometry, got {type(ground_truth).__name__}"
@@ -205,16 +212,28 @@ class SyntheticPredictor(WindowPredictor):
         self._source = str(Path(source)) if source is not None else "in-memory ground truth"
         self.n_frames, self.height, self.width = T, H, W
         self.gauges: dict[int, dict] = {}
+        self._layout = None if starts is None else self._checked_layout(starts)
         self.corrupted_starts = self._choose_corrupted()
 
     # -- set-up ----------------------------------------------------------------------------
+    def _checked_layout(self, starts: Sequence[int]) -> list[int]:
+        """The given window starts, sorted and unique; InputError for one whose window leaves the video."""
+        out = sorted({int(s) for s in starts})
+        bad = [s for s in out if s < 0 or s + self.window_size > self.n_frames]
+        if bad:
+            raise InputError(f"synthetic predictor: starts: window at {bad[0]} ({self.window_size} frames) is outside "
+                             f"the video's {self.n_frames} frames")
+        return out
+
     def _choose_corrupted(self) -> list[int]:
-        """Sorted starts of the ``noise.corrupt_windows`` windows that get a wrong rotation."""
+        """Sorted starts of the ``noise.corrupt_windows`` windows that get a wrong rotation, drawn
+        among the windows to be predicted (``starts``, or the whole-video layout)."""
         n = int(self.noise.corrupt_windows)
         if n == 0:
             return []
         try:
-            starts = window_starts(self.n_frames, self.window_size, self.stride)
+            starts = self._layout if self._layout is not None else window_starts(self.n_frames, self.window_size,
+                                                                                   self.stride)
         except ValueError as exc:
             raise InputError(f"synthetic predictor: cannot corrupt windows: {exc}") from exc
         if n > len(starts):

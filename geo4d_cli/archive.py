@@ -13,7 +13,7 @@ from geo4d.errors import InputError
 
 def cmd_archive(args: argparse.Namespace) -> int:
     from geo4d_cli.prefect_server import prefect_env
-    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, fusion_option, predictor_spec
+    from geo4d_cli.reconstruct import SYNTHETIC_NOTICE, fusion_option, predictor_spec, shots_option
     from storage.sources import plan_archive
     from storage.store import Store
 
@@ -21,6 +21,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     Store(args.store)
     spec = predictor_spec(args)
     fusion = fusion_option(args.fusion)
+    shots = shots_option(args)
     if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
     for opt, value, least in (("--workers", args.workers, 0), ("--gpus", args.gpus, 0), ("--max-gpu-tasks", args.max_gpu_tasks, 1)):
@@ -43,6 +44,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
         list(args.sources), args.store, predictor=spec, fusion=fusion, evaluate=not args.no_evaluate,
         max_gpu_tasks=args.max_gpu_tasks, dask_address=args.dask_address, workers=args.workers, gpus=args.gpus,
         overwrite=args.overwrite, report=not args.no_report, resize=args.resize, intrinsics=args.intrinsics,
+        shots=shots,
     )
     close_console()
     dt = time.perf_counter() - t0
@@ -87,14 +89,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not rows:
         print(f"{args.store}: no videos")
         return 0
-    head = ["video", "source"] + list(STAGES)
-    body = []
-    for r in rows:
-        cells = [r["video_id"], r["source"]]
-        for st in STAGES:
-            s = r[f"{st}_status"]
-            cells.append(s)
-        body.append(cells)
+    head = ["video", "source"] + list(STAGES) + ["shots"]
+    body = [[r["video_id"], r["source"]] + [r[f"{st}_status"] for st in STAGES] + [_shots_cell(r)] for r in rows]
     widths = [max(len(str(x[i])) for x in [head] + body) for i in range(len(head))]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     for cells in body:
@@ -106,7 +102,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in [r for r in rows if r["damage"]]:
         for line in r["damage"].splitlines():
             print(f"damaged: {r['video_id']}: {line}")
-    done = sum(all(r[f"{st}_status"] == "complete" for st in STAGES) for r in rows)
+    for r in rows:
+        for line in (r["shot_skipped"] or "").splitlines():
+            print(f"skipped shot: {r['video_id']}: frames {line}")
+    # a video reconstructed without a shots stage (geo4d fuse, stores from before shots) is one shot
+    done = sum(all(r[f"{st}_status"] == "complete" or (st == "shots" and r[f"{st}_status"] == "pending")
+                   for st in STAGES) for r in rows)
     print(f"total: {len(rows)} videos, {done} complete, {len(failed)} failed, "
           f"{len(rows) - done - len(failed) - len(damaged)} pending" + (f", {len(damaged)} damaged" if damaged else ""))
     if damaged:
@@ -118,8 +119,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shots_cell(row: dict) -> str:
+    """``2 (1 skipped)`` — the video's shots, or ``-`` before its shots are known."""
+    if row["shots"] is None:
+        return "-"
+    return f"{row['shots']}" + (f" ({row['shots_skipped']} skipped)" if row["shots_skipped"] else "")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    from geo4d_cli.reconstruct import NO_REPORT_HELP, add_framing_args, add_predictor_args
+    from geo4d_cli.reconstruct import NO_REPORT_HELP, add_framing_args, add_predictor_args, add_shot_args
 
     p = sub.add_parser("archive", help="reconstruct many videos into one store, concurrently on Dask, resumably")
     p.add_argument("sources", nargs="+", help="video files, directories, globs, or a Parquet/CSV manifest (path, video_id)")
@@ -139,6 +147,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recompute stages finished with other settings (default: such videos stop and say what differs)")
     p.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
     add_framing_args(p, per_video=", for every video whose manifest row has no 'intrinsics' column value")
+    add_shot_args(p)
     p.add_argument("--summary-json", metavar="FILE",
                    help="also write the run's summary (per video: status, stage seconds, workers, network loads) as JSON")
     add_predictor_args(p)

@@ -131,6 +131,27 @@ def add_framing_args(p: argparse.ArgumentParser, per_video: str = "") -> None:
                         f"of estimating it{per_video} (default: estimated)")
 
 
+def add_shot_args(p: argparse.ArgumentParser) -> None:
+    """``--shots`` and ``--shot-threshold``, shared by ``reconstruct`` and ``archive`` (docs/curation.md)."""
+    p.add_argument("--shots", choices=["pyscenedetect", "off"], default="pyscenedetect",
+                   help="split the video into shots at hard cuts and fades before the windows (PySceneDetect; "
+                        "each shot is reconstructed on its own) or 'off': the whole video is one shot "
+                        "(default: pyscenedetect)")
+    p.add_argument("--shot-threshold", type=float, default=None, metavar="T",
+                   help="the least frame-to-frame HSV change of a hard cut (PySceneDetect AdaptiveDetector, default 20; lower "
+                        "finds more cuts)")
+
+
+def shots_option(args: argparse.Namespace) -> dict:
+    """The shots stage's settings (:class:`pipeline.shots.ShotSettings` fields) of the options."""
+    from pipeline.shots import ShotSettings
+
+    out: dict = {"detector": args.shots}
+    if args.shot_threshold is not None:
+        out["cut_threshold"] = args.shot_threshold
+    return ShotSettings.parse(out, what="--shots").model_dump()
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     video = Path(args.video)
     if not video.is_file():
@@ -142,6 +163,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from storage.sources import parse_intrinsics
 
     intrinsics = parse_intrinsics(args.intrinsics) if args.intrinsics else None
+    shots = shots_option(args)
     _open_store(args.store)  # fail fast on a store of another layout, before any work
     if spec.kind == "synthetic":
         print(SYNTHETIC_NOTICE)
@@ -154,7 +176,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         str(video), args.store, predictor=spec, video_id=args.video_id, frame_stride=args.frame_stride,
         fusion=fusion, evaluate=not args.no_evaluate, ground_truth=args.ground_truth, overwrite=args.overwrite,
         lease_wait=0.0 if args.no_wait else None, report=not args.no_report, resize=args.resize,
-        intrinsics=intrinsics,
+        intrinsics=intrinsics, shots=shots,
     )
     close_console()
     print(f"video {result['video_id']} → {args.store} in {time.perf_counter() - t0:.1f} s")
@@ -183,14 +205,24 @@ def _print_camera(store: str, video_id: str) -> None:
 def _print_stages(result: dict) -> None:
     from geo4d.report import format_metrics_table
 
-    for stage in ("decode", "windows", "fuse", "evaluate"):
+    for stage in ("decode", "shots", "windows", "fuse", "evaluate"):
         r = result.get(stage)
         if r:
             state = "skipped (already complete)" if r["skipped"] else f"{r['seconds']:.2f} s"
-            print(f"  {stage:<9} {state}")
+            print(f"  {stage:<9} {state}" + (f" ({_shots_line(r['details'])})" if stage == "shots" else ""))
     metrics = (result.get("evaluate") or {}).get("details", {}).get("metrics")
     if metrics:
         print(format_metrics_table({result["video_id"]: metrics}))
+
+
+def _shots_line(details: dict) -> str:
+    """``2 shots (1 skipped: frames 40–48 shorter than one window …)`` of the shots stage's details."""
+    n, skipped = details.get("shots", 1), details.get("skipped_shots") or []
+    text = f"{n} shot{'s' if n != 1 else ''}"
+    if skipped:
+        text += f", {len(skipped)} skipped: " + "; ".join(
+            f"frames {s['start']}–{s['end'] - 1} {s['reason']}" for s in skipped)
+    return text
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
@@ -235,6 +267,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when another process is writing this video, exit 3 at once instead of waiting for it")
     p.add_argument("--no-report", action="store_true", help=NO_REPORT_HELP)
     add_framing_args(p)
+    add_shot_args(p)
     add_predictor_args(p)
     p.set_defaults(func=cmd_reconstruct)
 

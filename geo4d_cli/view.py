@@ -46,13 +46,18 @@ def _check_output(args: argparse.Namespace) -> None:
         raise InputError(f"--drop-low-confidence {args.drop_low_confidence}: must be a fraction in [0, 1)")
 
 
-def _description(video_id: str, info, synthetic: bool | None, opts) -> str:
-    """The recording's ``description`` document (markdown)."""
+def _description(video_id: str, info, synthetic: bool | None, opts, shots: list | None = None) -> str:
+    """The recording's ``description`` document (markdown); ``shots``: the shots' score records
+    (:meth:`storage.store.Store.read_shot_scores`), listed with the skipped ones and their reasons."""
+    from geo4d.report import shot_lines
+
     predictor = {True: "**SYNTHETIC test instrument** (predictions derived from ground truth, not the network)",
                  False: "Geo4D network", None: "not recorded"}[synthetic]
     return (f"# {video_id}\n\n{info.n_frames} frames at {info.width}×{info.height}, "
             f"{info.fps:g} fps\n\npredictor: {predictor}\n\npoints coloured by {opts.color}; at most "
-            f"{opts.max_points} per frame; the {opts.drop_low_confidence:.0%} least confident hidden")
+            f"{opts.max_points} per frame; the {opts.drop_low_confidence:.0%} least confident hidden"
+            + "".join(f"\n\n{line}" for line in shot_lines(shots or []))
+            + ("\n\neach shot has its own world frame (its first frame) and scale" if len(shots or []) > 1 else ""))
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -71,7 +76,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     rec, url = open_recording(args.video, save=args.save, web=args.web, web_port=args.web_port,
                               grpc_port=args.grpc_port, open_browser=has_display())
     log_reconstruction(rec, geometry, frames, fps=info.fps, opts=opts,
-                       description=_description(args.video, info, synthetic, opts))
+                       description=_description(args.video, info, synthetic, opts, store.read_shot_scores(args.video)))
     rec.flush()
     if args.save:
         print(f"recording of {args.video} ({info.n_frames} frames): {args.save} (open it with `rerun {args.save}`)")

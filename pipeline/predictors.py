@@ -19,7 +19,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -145,15 +145,19 @@ def prediction_parameters(spec: PredictorSpec, *, fps: float = 0.0, device: str 
             "image_size": list(spec.image_size or DEFAULT_IMAGE_SIZE), "video_latents": "posterior mean", **files}
 
 
-def predictor_from_spec(spec: PredictorSpec | Mapping[str, Any], video_path: str | None = None) -> WindowPredictor:
-    """Build the predictor a spec describes (``video_path`` locates the synthetic ground truth)."""
+def predictor_from_spec(spec: PredictorSpec | Mapping[str, Any], video_path: str | None = None,
+                        starts: Sequence[int] | None = None) -> WindowPredictor:
+    """Build the predictor a spec describes (``video_path`` locates the synthetic ground truth;
+    ``starts``: the windows the video will be predicted at — the synthetic instrument draws its
+    corrupted windows among them, e.g. the per-shot windows of a video with cuts)."""
     spec = parse_predictor_spec(spec)
     if isinstance(spec, SyntheticPredictorSpec):
-        return _synthetic(spec, video_path)
+        return _synthetic(spec, video_path, starts)
     return _geo4d(spec)
 
 
-def _synthetic(spec: SyntheticPredictorSpec, video_path: str | None) -> WindowPredictor:
+def _synthetic(spec: SyntheticPredictorSpec, video_path: str | None,
+               starts: Sequence[int] | None = None) -> WindowPredictor:
     from geo4d.synthetic_predictor import SyntheticPredictor
     from storage.ground_truth import find_ground_truth, read_ground_truth
 
@@ -163,7 +167,7 @@ def _synthetic(spec: SyntheticPredictorSpec, video_path: str | None) -> WindowPr
             f"{video_path}: the synthetic predictor (a test instrument) needs ground truth; "
             "no <video>.gt directory beside it"
         )
-    return SyntheticPredictor(read_ground_truth(gt_dir), noise=spec.noise, seed=spec.seed, source=gt_dir)
+    return SyntheticPredictor(read_ground_truth(gt_dir), noise=spec.noise, seed=spec.seed, source=gt_dir, starts=starts)
 
 
 def _geo4d(spec: Geo4DPredictorSpec) -> WindowPredictor:

@@ -104,7 +104,7 @@ def draw_report(store: Store, video_id: str) -> bytes:
     metrics, gt = _evaluation(store, video_id, info.n_frames)
     K = arrays["intrinsics"]
     summary = SummaryInfo(video_id, info.n_frames, info.fps, (float(np.median(K[:, 0, 0])), float(np.median(K[:, 1, 1]))),
-                          predictor_is_synthetic(store, video_id), metrics)
+                          predictor_is_synthetic(store, video_id), metrics, shots=store.read_shot_scores(video_id))
     out = io.BytesIO()
     write_summary_png(out, arrays["frames"], arrays["depth"], arrays["confidence"], arrays["world_from_cam"], gt,
                       info=summary, shown=shown, metadata={KEY_CHUNK: report_key(store, video_id)})

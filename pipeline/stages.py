@@ -1,9 +1,11 @@
 """The pipeline's stages as plain functions over a :class:`storage.store.Store`.
 
-decode → windows → fuse → evaluate. Each stage is resumable: it returns early when the store says
+decode → shots → windows → fuse → evaluate. Each stage is resumable: it returns early when the store says
 it is complete with the same fingerprint (its parameters plus its upstream stage's fingerprint), and
 it writes its record only after all its arrays are complete. Rerunning an upstream stage clears the
-records of the stages after it. No Prefect here: :mod:`tasks` wraps these for orchestration, and a
+records of the stages after it. A video is reconstructed per shot (:mod:`geo4d.shots`): windows
+never straddle a cut and each shot is fused on its own; a video without a shots stage (or with one
+shot) is processed exactly as before shots existed. No Prefect here: :mod:`tasks` wraps these for orchestration, and a
 notebook can call them directly.
 """
 
@@ -23,14 +25,19 @@ from geo4d import validation
 from geo4d.errors import InputError, PredictionError, SettingsChangedError
 from geo4d.fusion import FusionConfig, fuse
 from geo4d.predictor import WindowPredictor
+from geo4d.quality import shot_scores, skipped_scores
+from geo4d.shots import (Shot, is_single_shot, join_shot_geometry, shot_segments, shot_window_starts, split_shots,
+                         windows_of_shot)
 from geo4d.windows import WINDOW_SIZE, WINDOW_STRIDE, VideoTooShortError, window_starts
 from geo4d.spec import jsonable
 from pipeline.predictors import (Geo4DPredictorSpec, PredictorSpec, frame_rate_condition, parse_predictor_spec,
                                  prediction_parameters, predictor_from_spec)
 from pipeline.resident import device_slot, resident_predictor
+from pipeline.shots import ShotSettings, detect_boundaries, detector_version
 from storage.store import STAGES, Store, VideoInfo, stage_fingerprint, video_id_for
 
-__all__ = ["StageResult", "decode_stage", "windows_stage", "fuse_stage", "evaluate_stage", "check_settings", "Progress"]
+__all__ = ["StageResult", "decode_stage", "shots_stage", "windows_stage", "fuse_stage", "evaluate_stage",
+           "check_settings", "Progress"]
 
 Progress = Callable[[int, int, str], None]
 
@@ -186,6 +193,75 @@ def _stage_frames(store: Store, vid: str, path: Path, meta, blocks, frame_stride
     return T, pts
 
 
+# ---- shots -----------------------------------------------------------------------------------------
+def shots_stage(
+    store: Store,
+    video_id: str,
+    *,
+    shots: ShotSettings | dict | None = None,
+    window_size: int = WINDOW_SIZE,
+    run_id: str | None = None,
+    overwrite: bool = False,
+) -> StageResult:
+    """Find the video's shots (hard cuts and fades, :mod:`pipeline.shots`) and store them.
+
+    Shots shorter than ``window_size`` frames are recorded as skipped with the reason. With
+    ``shots={"detector": "off"}`` the video is one shot. ``details``: ``shots``, ``skipped``,
+    ``boundaries`` ([frame, kind]). Raises :class:`InputError` when no shot is one window long.
+    """
+    settings = ShotSettings.parse(shots, what="shots")
+    info = store.video_info(video_id)
+    params = {"shots": settings.fingerprint_dict(), "window_size": window_size,
+              "upstream": _upstream_fp(store, video_id, "decode")}
+    fp = stage_fingerprint(params)
+    if store.is_complete(video_id, "shots", fp):
+        found = store.read_shots(video_id)
+        return StageResult(video_id, "shots", True, fp, details=_shot_details(found, []))
+    check_settings(store, video_id, "shots", params, fp, overwrite)
+    t0 = time.perf_counter()
+    boundaries = detect_boundaries(_frame_blocks(store, video_id, info.n_frames), info.fps, settings)
+    found = split_shots(boundaries, info.n_frames, window_size)
+    if all(s.skipped for s in found):
+        msg = f"video {video_id}: no shot is at least one window ({window_size} frames) long: {_shot_list(found)}"
+        store.record_stage(video_id, "shots", "failed", run_id=run_id, error=msg)
+        raise InputError(msg)
+    store.write_shots(video_id, found, boundaries)
+    dt = time.perf_counter() - t0
+    details = _shot_details(found, boundaries)
+    version = detector_version() if settings.detector != "off" else "off"
+    store.record_stage(video_id, "shots", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"detector": version, **details})
+    return StageResult(video_id, "shots", False, fp, dt, details)
+
+
+def _frame_blocks(store: Store, video_id: str, n_frames: int, block: int = 64):
+    """The stored frames, ``block`` at a time (memory flat in the video's length)."""
+    frames = store.frames_array(video_id)
+    for a in range(0, n_frames, block):
+        yield np.asarray(frames[a:a + block])
+
+
+def _shot_list(shots: list[Shot]) -> str:
+    return ", ".join(f"{s.start}–{s.end - 1}" + (f" (skipped: {s.skipped})" if s.skipped else "") for s in shots)
+
+
+def _shot_details(shots: list[Shot], boundaries: list) -> dict[str, Any]:
+    return {"shots": len(shots), "skipped": sum(1 for s in shots if s.skipped),
+            "boundaries": [[int(f), k] for f, k in boundaries],
+            "skipped_shots": [{"shot": s.index, "start": s.start, "end": s.end, "reason": s.skipped}
+                              for s in shots if s.skipped]}
+
+
+def _window_layout(store: Store, video_id: str, n_frames: int, window_size: int,
+                   stride: int) -> tuple[list[int], list[list[int]] | None]:
+    """Window starts laid inside the video's shots, and the shot spans they depend on (None for a
+    video of one shot: its windows are today's)."""
+    shots = store.read_shots(video_id)
+    if is_single_shot(shots, n_frames):
+        return window_starts(n_frames, window_size, stride), None
+    return shot_window_starts(shots, window_size, stride), shot_segments(shots)
+
+
 # ---- windows ---------------------------------------------------------------------------------------
 def windows_stage(
     store: Store,
@@ -209,7 +285,7 @@ def windows_stage(
     """
     info = store.video_info(video_id)
     spec = None if isinstance(predictor, WindowPredictor) else parse_predictor_spec(predictor)
-    starts = window_starts(info.n_frames, window_size, stride)
+    starts, segments = _window_layout(store, video_id, info.n_frames, window_size, stride)
     with _sampling_device(spec) as device:
         if spec is None:
             identity = predictor.parameters()
@@ -217,6 +293,8 @@ def windows_stage(
             identity = prediction_parameters(spec, fps=info.fps, device=device)
         params = {"predictor": identity, "window_size": window_size, "stride": stride,
                   "upstream": _upstream_fp(store, video_id, "decode")}
+        if segments is not None:
+            params["shots"] = segments
         fp = stage_fingerprint(params)
         if store.is_complete(video_id, "windows", fp):
             return StageResult(video_id, "windows", True, fp, details={"windows": len(starts), "predicted": 0})
@@ -231,7 +309,7 @@ def windows_stage(
         if todo:
             if progress:
                 progress(len(starts) - len(todo), len(starts), f"{len(todo)} to sample: preparing the predictor")
-            predictor, load = _obtain(predictor, spec, info, device)
+            predictor, load = _obtain(predictor, spec, info, device, starts)
             details["network_load"] = load.__dict__ if load else None
             if load and progress:
                 progress(len(starts) - len(todo), len(starts), load.message)
@@ -263,14 +341,15 @@ def _predictor_name(predictor, spec: PredictorSpec | None) -> str:
     return "geo4d" if isinstance(spec, Geo4DPredictorSpec) else "synthetic (test instrument)"
 
 
-def _obtain(predictor, spec: PredictorSpec | None, info: VideoInfo, device: str | None):
-    """The predictor object to sample with, and the :class:`NetworkLoad` if one happened."""
+def _obtain(predictor, spec: PredictorSpec | None, info: VideoInfo, device: str | None, starts: list[int]):
+    """The predictor object to sample with, and the :class:`NetworkLoad` if one happened (a synthetic
+    spec's instrument is told the video's window ``starts``: its corrupted windows are among them)."""
     if spec is None:
         return predictor, None
     if isinstance(spec, Geo4DPredictorSpec):
         resident, load = resident_predictor(spec, device)
         return resident.with_fs(frame_rate_condition(spec, info.fps)), load
-    return predictor_from_spec(spec, video_path=info.source), None
+    return predictor_from_spec(spec, video_path=info.source, starts=starts), None
 
 
 def _check_partial_windows(store: Store, video_id: str, params: dict, fp: str, overwrite: bool) -> None:
@@ -389,22 +468,116 @@ def fuse_stage(
         raise InputError(f"video {video_id}: stage 'windows' is not complete; run it first")
     framing = store.framing(video_id)
     config = _with_known_intrinsics(FusionConfig.parse(fusion, what="fusion"), intrinsics, framing)
+    shots = store.read_shots(video_id)
+    single = is_single_shot(shots, info.n_frames)
     params = {"fusion": config.fingerprint_dict(), "upstream": upstream.get("fingerprint"), "starts": starts}
+    if not single:
+        params["shots"] = shot_segments(shots)
     fp = stage_fingerprint(params)
     if store.is_complete(video_id, "fuse", fp):
         return StageResult(video_id, "fuse", True, fp)
     check_settings(store, video_id, "fuse", params, fp, overwrite)
     t0 = time.perf_counter()
     store.clear_stages(video_id, ["fuse"] + _downstream("fuse"))
-    result = fuse(_masked(arrays, framing), starts, info.n_frames, config=config, progress=progress)
-    _checked(store, video_id, "fuse", run_id,
-             lambda: validation.validate_fused(result.geometry, info.height, info.width))
+    windows = _masked(arrays, framing)
+    if single:
+        result = fuse(windows, starts, info.n_frames, config=config, progress=progress)
+        _checked(store, video_id, "fuse", run_id,
+                 lambda: validation.validate_fused(result.geometry, info.height, info.width))
+        scores = [shot_scores(shots[0], windows, starts, result.geometry, result.depth_source,
+                              result.diagnostics, True)]
+    else:
+        result, scores = _fuse_shots(store, video_id, run_id, windows, starts, V, shots, config, progress)
     store.write_fused(video_id, result.geometry, diagnostics=result.diagnostics,
                       intrinsics_source=framing.intrinsics_to_source(result.geometry.intrinsics),
-                      depth_source=result.depth_source)
+                      depth_source=result.depth_source,
+                      shot_index=np.array([_shot_of(shots, scores, t) for t in range(info.n_frames)], np.int16))
+    store.write_shot_scores(video_id, scores)
     dt = time.perf_counter() - t0
-    store.record_stage(video_id, "fuse", "complete", parameters=params, run_id=run_id, seconds=dt)
-    return StageResult(video_id, "fuse", False, fp, dt)
+    store.record_stage(video_id, "fuse", "complete", parameters=params, run_id=run_id, seconds=dt,
+                       extra={"shots": len(shots), "shots_fused": sum(1 for r in scores if r["skipped"] is None)})
+    return StageResult(video_id, "fuse", False, fp, dt, {"shots": len(shots)})
+
+
+def _shot_of(shots: list[Shot], scores: list[dict], t: int) -> int:
+    """Frame ``t``'s shot index for ``fused/shot``, −1 when its shot was not reconstructed."""
+    for s, r in zip(shots, scores):
+        if s.start <= t < s.end:
+            return s.index if r["skipped"] is None else -1
+    return -1
+
+
+@dataclass
+class _ShotWindows:
+    """The windows ``index`` of one stored array, read lazily (``view[g]`` is ``array[index[g]]``)."""
+
+    array: Any
+    index: list[int]
+
+    @property
+    def shape(self):
+        return (len(self.index),) + tuple(self.array.shape[1:])
+
+    @property
+    def dtype(self):
+        return self.array.dtype
+
+    def __getitem__(self, g):
+        return self.array[self.index[g]]
+
+
+def _fuse_shots(store: Store, video_id: str, run_id: str | None, windows: dict, starts: list[int], V: int,
+                shots: list[Shot], config: FusionConfig, progress: Progress | None):
+    """Fuse each reconstructed shot on its own (its windows, its frames, its world frame and scale),
+    check and score it; join them (:func:`geo4d.shots.join_shot_geometry`). A shot failing its data
+    checks is kept with ``data_checks`` False; the stage fails only when every shot fails them."""
+    from geo4d.fusion import FusionResult
+
+    info = store.video_info(video_id)
+    parts, scores, diags, failures = [], [], [], []
+    for shot in shots:
+        if shot.skipped:
+            scores.append(skipped_scores(shot))
+            continue
+        idx = windows_of_shot(starts, shot, V)
+        view = {name: _ShotWindows(arr, idx) for name, arr in windows.items()}
+        local = [starts[g] - shot.start for g in idx]
+        res = fuse(view, local, shot.n_frames, config=config, progress=progress)
+        ok = _passes_checks(res.geometry, info, failures, shot)
+        parts.append((shot, res.geometry, res.depth_source))
+        scores.append(shot_scores(shot, view, local, res.geometry, res.depth_source, res.diagnostics, ok))
+        diags.append((shot, idx, res.diagnostics))
+    if len(failures) == len(parts):
+        store.record_stage(video_id, "fuse", "failed", run_id=run_id, error="; ".join(failures))
+        raise validation.ValidationError("; ".join(failures))
+    geometry, source = join_shot_geometry(parts, info.n_frames, info.height, info.width)
+    return FusionResult(geometry, diagnostics=_joined_diagnostics(diags), depth_source=source), scores
+
+
+def _passes_checks(geometry, info: VideoInfo, failures: list[str], shot: Shot) -> bool:
+    """Whether one shot's fused geometry passes the data checks (a failure's message is collected)."""
+    try:
+        validation.validate_fused(geometry, info.height, info.width)
+        return True
+    except validation.ValidationError as exc:
+        failures.append(f"shot {shot.index} (frames {shot.start}–{shot.end - 1}): {exc}")
+        return False
+
+
+def _joined_diagnostics(diags: list[tuple[Shot, list[int], dict]]) -> dict:
+    """One diagnostics record of a multi-shot fusion: the first shot's, with every shot's windows
+    (video window indices and frames) and flags, and ``shots``: each shot's gauge, intrinsics, solver."""
+    first = dict(diags[0][2])
+    first["windows"], first["flagged_windows"], first["flagged_starts"] = [], [], []
+    first["shots"] = []
+    for shot, idx, d in diags:
+        for w in d.get("windows") or []:
+            first["windows"].append({**w, "index": idx[w["index"]], "start": w["start"] + shot.start})
+        first["flagged_windows"] += [idx[g] for g in d.get("flagged_windows") or []]
+        first["flagged_starts"] += [s + shot.start for s in d.get("flagged_starts") or []]
+        first["shots"].append({"shot": shot.index, "start": shot.start, "end": shot.end,
+                               **{k: d.get(k) for k in ("gauge", "intrinsics", "solver")}})
+    return first
 
 
 def _with_known_intrinsics(config: FusionConfig, intrinsics: Sequence[float] | None, framing) -> FusionConfig:
@@ -468,7 +641,7 @@ def evaluate_stage(
     Ground truth defaults to the ``<video>.gt`` directory beside the source video (synthetic scenes).
     Without ground truth the stage completes with no metrics.
     """
-    from storage.ground_truth import find_ground_truth, read_ground_truth
+    from storage.ground_truth import find_ground_truth
 
     info = store.video_info(video_id)
     gt_dir = ground_truth or find_ground_truth(info.source)
@@ -482,23 +655,49 @@ def evaluate_stage(
     metrics: dict[str, float] | None = None
     extra: dict[str, Any] = {}
     if gt_dir is not None:
-        from geo4d.metrics import reconstruction_metrics
-
-        gt = read_ground_truth(gt_dir)
-        fused = store.read_fused(video_id)
-        if gt.depth.shape != fused.depth.shape:
-            raise InputError(
-                f"{gt_dir}: ground-truth depth {gt.depth.shape} does not match the reconstruction {fused.depth.shape}"
-            )
-        metrics = {k: float(v) for k, v in reconstruction_metrics(
-            fused.depth, fused.intrinsics, fused.world_from_cam,
-            gt.depth, gt.intrinsics, gt.world_from_cam,
-        ).items()}
-        if ((fused.meta.get("diagnostics") or {}).get("intrinsics") or {}).get("given"):
-            metrics.pop("focal_err_pct", None)  # K was given, not estimated: there is no focal error to measure
-            extra["intrinsics"] = "given (--intrinsics): fixed in the fusion, focal error not measured"
+        metrics, extra = _evaluate(store, video_id, gt_dir)
         _checked(store, video_id, "evaluate", run_id, lambda: validation.validate_metrics(metrics))
     dt = time.perf_counter() - t0
     store.record_stage(video_id, "evaluate", "complete", parameters=params, run_id=run_id, seconds=dt,
                        extra={"metrics": metrics, **extra})
     return StageResult(video_id, "evaluate", False, fp, dt, {"metrics": metrics})
+
+
+def _evaluate(store: Store, video_id: str, gt_dir) -> tuple[dict[str, float], dict[str, Any]]:
+    """The video's metrics against ground truth, and the record's extras. A video of several shots
+    is evaluated per shot (each in its own world frame and scale: its own alignment to the ground
+    truth); its metrics are the frame-weighted means over the reconstructed shots (``shot_metrics``:
+    each shot's)."""
+    from storage.ground_truth import read_ground_truth
+
+    gt = read_ground_truth(gt_dir)
+    fused = store.read_fused(video_id)
+    if gt.depth.shape != fused.depth.shape:
+        raise InputError(
+            f"{gt_dir}: ground-truth depth {gt.depth.shape} does not match the reconstruction {fused.depth.shape}"
+        )
+    extra: dict[str, Any] = {}
+    shots = store.read_shots(video_id)
+    if is_single_shot(shots, fused.depth.shape[0]):
+        metrics = _shot_metrics(fused, gt, slice(None))
+    else:
+        per = [(s, _shot_metrics(fused, gt, slice(s.start, s.end))) for s in shots if s.skipped is None]
+        n = sum(s.n_frames for s, _ in per)
+        metrics = {k: sum(m[k] * s.n_frames for s, m in per) / n for k in per[0][1]}
+        extra["shot_metrics"] = [{"shot": s.index, "start": s.start, "end": s.end, "metrics": m} for s, m in per]
+    if ((fused.meta.get("diagnostics") or {}).get("intrinsics") or {}).get("given"):
+        metrics.pop("focal_err_pct", None)  # K was given, not estimated: there is no focal error to measure
+        for row in extra.get("shot_metrics", []):
+            row["metrics"].pop("focal_err_pct", None)
+        extra["intrinsics"] = "given (--intrinsics): fixed in the fusion, focal error not measured"
+    return metrics, extra
+
+
+def _shot_metrics(fused, gt, frames: slice) -> dict[str, float]:
+    """:func:`geo4d.metrics.reconstruction_metrics` over ``frames`` (a shot) of the video."""
+    from geo4d.metrics import reconstruction_metrics
+
+    return {k: float(v) for k, v in reconstruction_metrics(
+        fused.depth[frames], fused.intrinsics[frames], fused.world_from_cam[frames],
+        gt.depth[frames], gt.intrinsics[frames], gt.world_from_cam[frames],
+    ).items()}

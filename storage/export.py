@@ -1,9 +1,11 @@
-"""The exported 4D dataset (docs/dataset.md): one Zarr v3 group per video plus a Parquet index.
+"""The exported 4D dataset (docs/dataset.md, docs/curation.md): one Zarr v3 group per shot plus a Parquet index.
 
 Layout::
 
-    OUTDIR/index.parquet                 one row per video (statistics, metrics, paths); conventions in the schema metadata
-    OUTDIR/videos/<video_id>.zarr/       rgb uint8 (T,H,W,3), depth (T,H,W) (0 = invalid), confidence (T,H,W),
+    OUTDIR/index.parquet                 one row per shot (statistics, metrics, scores, split, paths); conventions in the schema metadata
+    OUTDIR/DATASET.md, dataset.json      the dataset card (storage.dataset_card)
+    OUTDIR/videos/<video_id>.zarr/       a video of one shot; a video of several: videos/<video_id>-shot<k>.zarr/ per shot:
+                                         rgb uint8 (T,H,W,3), depth (T,H,W) (0 = invalid), confidence (T,H,W),
                                          depth_source uint8 (T,H,W) (0 none, 1 point map, 2 disparity only),
                                          points (T,H,W,3) world, intrinsics (T,3,3), world_from_cam (T,4,4)
 
@@ -13,11 +15,14 @@ verified first (:mod:`storage.verify`: every chunk present, decodable, checksum 
 video is not exported but listed with its reason in the index's ``skipped`` column, so a dataset
 never holds fill values in place of lost data.
 
-The standard formats (:func:`export_formats`; docs/exports/) are written per video and format as
-``OUTDIR/<format>/<video_id>/`` by the pure writers of :mod:`geo4d.formats`, each staged in
-``<video_id>.partial`` and renamed when complete, with an ``export.json`` sidecar (provenance, the
-fused result it came from, options); damaged videos are skipped the same way (no index: the caller
-reports them).
+The standard formats (:func:`export_formats`; docs/exports/) are written per export unit and
+format — the units of the Zarr dataset: a video of one shot as ``OUTDIR/<format>/<video_id>/``, each
+reconstructed shot of a video of several as ``OUTDIR/<format>/<video_id>-shot<k>/`` (every shot has
+its own world frame and scale, so they never share a file) — by the pure writers of
+:mod:`geo4d.formats`, each staged in ``<unit>.partial`` and renamed when complete, with an
+``export.json`` sidecar (provenance, the fused result it came from, the shot, options); damaged
+videos are skipped the same way (no index: the caller reports them). Shots too short to reconstruct
+have no geometry and are left out; the ``--where`` filter chooses the dataset's shots only.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import datetime as _dt
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +46,14 @@ from geo4d.formats.points import Cloud, select_cloud
 from geo4d.formats.tum import frame_timestamps
 from geo4d.framing import Framing, depth_to_source, nearest_to_source
 from geo4d.geometry import Geometry
+from geo4d.quality import SCORE_NAMES
+from geo4d.shots import Shot, is_single_shot
+from storage.curation import Curation, ShotPlan, plan_shots, write_export_card
 from storage.store import Store, VideoInfo
 from storage.verify import check_video
 
 __all__ = ["EXPORT_CONVENTIONS", "EXPORT_FORMATS", "POINT_BUDGETS", "ExportOptions", "damage_reason", "export_dataset",
-           "export_formats", "parse_formats", "read_index"]
+           "export_formats", "format_units", "parse_formats", "read_index"]
 
 EXPORT_CONVENTIONS = (
     "OpenCV camera axes (x right, y down, z forward); pixel centres at integer (u, v); world_from_cam maps "
@@ -85,67 +93,95 @@ def read_index(outdir: str | Path) -> pa.Table:
     return pq.read_table(Path(outdir) / "index.parquet")
 
 
+_SCORE_FIELDS = [(k, pa.bool_() if k == "data_checks" else pa.float64()) for k in SCORE_NAMES]
 _SCHEMA = pa.schema(
     [("video_id", pa.string()), ("source", pa.string()), ("n_frames", pa.int64()), ("height", pa.int64()),
      ("width", pa.int64()), ("fps", pa.float64()), ("zarr_path", pa.string()), ("fused_finished_at", pa.string()),
      ("valid_fraction", pa.float64()), ("depth_median", pa.float64()), ("depth_min", pa.float64()),
      ("depth_max", pa.float64()), ("focal_mean", pa.float64()), ("path_length", pa.float64()),
      ("abs_rel", pa.float64()), ("delta_1_25", pa.float64()), ("ate", pa.float64()), ("rpe_trans", pa.float64()),
-     ("rpe_rot", pa.float64()), ("skipped", pa.string())],
-    metadata={"geo4d_dataset": json.dumps({"version": 1, "conventions": EXPORT_CONVENTIONS})},
+     ("rpe_rot", pa.float64()), ("skipped", pa.string()),
+     ("shot", pa.int64()), ("shot_start", pa.int64()), ("shot_end", pa.int64()), ("split", pa.string())]
+    + _SCORE_FIELDS,
+    metadata={"geo4d_dataset": json.dumps({"version": 2, "conventions": EXPORT_CONVENTIONS,
+                                           "units": "one row per shot (docs/curation.md)"})},
 )
 
 
 def export_dataset(store: Store, outdir: str | Path, video_ids: list[str] | None = None, overwrite: bool = False,
-                   progress: Callable[[str], None] | None = None, checked: dict[str, str | None] | None = None
-                   ) -> pa.Table:
-    """Export every video whose fuse stage is complete (or ``video_ids``); returns the index table.
+                   progress: Callable[[str], None] | None = None, checked: dict[str, str | None] | None = None,
+                   curation: Curation | None = None, card: bool = True) -> pa.Table:
+    """Export every shot of every video whose fuse stage is complete (or of ``video_ids``) that
+    ``curation`` keeps (default: :class:`storage.curation.Curation`, the default filter); returns
+    the index table, one row per shot (docs/curation.md).
 
-    A video already exported from the same fused result (same fuse ``finished_at``) is kept unless
+    A shot already exported from the same fused result (same fuse ``finished_at``) is kept unless
     ``overwrite``. Videos not fused are skipped with a message. A damaged video (recorded by
     ``geo4d verify``, or found so by the check of its frames and fused arrays made here) is skipped
-    too: its row has ``skipped`` = the reason and no data (``zarr_path`` null). ``checked``: damage
-    found by an earlier check of this run (video id → reason or None), filled here.
+    too: its rows have ``skipped`` = the reason and no data (``zarr_path`` null); so have the shots
+    the curation drops (``skipped``: ``filter: …``, ``skipped: …``, ``max_shots: …``). ``checked``:
+    damage found by an earlier check of this run (video id → reason or None), filled here. ``card``:
+    also write the dataset card (:func:`storage.curation.write_export_card`).
     """
-    say = progress or (lambda _m: None)
-    out = Path(outdir)
+    say, out, curation = progress or (lambda _m: None), Path(outdir), curation or Curation()
     chosen = _chosen_videos(store, video_ids)
+    plans, not_fused = plan_shots(store, chosen, curation, lambda v: _damage(store, v, checked))
     (out / "videos").mkdir(parents=True, exist_ok=True)
     old = {}
     if (out / "index.parquet").exists():
-        old = {r["video_id"]: r for r in read_index(out).to_pylist()}
-    rows = {k: v for k, v in old.items() if k not in chosen}
-    for vid in chosen:
-        rec = store.stage_record(vid, "fuse") or {}
-        if rec.get("status") not in ("complete", "damaged"):
-            say(f"skip {vid}: fuse stage not complete")
-            if vid in old:
-                rows[vid] = old[vid]
-            continue
-        prev = old.get(vid)
-        if prev and not overwrite and prev.get("fused_finished_at") == rec.get("finished_at") \
-                and prev.get("zarr_path") and (out / prev["zarr_path"]).exists():
-            say(f"keep {vid}: already exported from the same fused result")
-            rows[vid] = prev
-            continue
-        reason = _damage(store, vid, checked)
-        if reason is None:
-            try:
-                rows[vid] = _export_video(store, vid, out, rec)
-                say(f"exported {vid}: {rows[vid]['n_frames']} frames → {out / rows[vid]['zarr_path']}")
-                continue
-            except StoreError as exc:  # damaged between the check and the read
-                reason = str(exc)
-        say(f"skip {vid}: damaged, not exported: {reason}")
-        info = store.video_info(vid)
-        rows[vid] = {"video_id": vid, "source": info.source, "n_frames": info.n_frames, "height": info.height,
-                     "width": info.width, "fps": info.fps, "fused_finished_at": rec.get("finished_at"),
-                     "skipped": f"damaged: {reason}"}
-    table = pa.Table.from_pylist([rows[k] for k in sorted(rows)], schema=_SCHEMA)
+        old = {(r["video_id"], r.get("shot") or 0): r for r in read_index(out).to_pylist()}
+    rows = {k: v for k, v in old.items() if k[0] not in chosen}
+    for vid in not_fused:
+        say(f"skip {vid}: fuse stage not complete")
+        rows.update({k: v for k, v in old.items() if k[0] == vid})
+    said: set[str] = set()
+    for p in plans:
+        rows[(p.video_id, p.shot)] = _export_plan(store, p, out, old.get((p.video_id, p.shot)), overwrite, say, said)
+    _write_index(out, [rows[k] for k in sorted(rows)])
+    if card:
+        write_export_card(store, out, plans, curation, ["zarr"])
+    return read_index(out)
+
+
+def _write_index(out: Path, rows: list[dict]) -> None:
+    table = pa.Table.from_pylist(rows, schema=_SCHEMA)
     tmp = out / "index.parquet.partial"
     pq.write_table(table, tmp)
     tmp.replace(out / "index.parquet")
-    return table
+
+
+def _export_plan(store: Store, p: ShotPlan, out: Path, prev: dict | None, overwrite: bool,
+                 say: Callable[[str], None], said: set[str]) -> dict:
+    """Export one planned shot (or record why not); returns its index row."""
+    name = p.video_id if not p.multi else f"{p.video_id} shot {p.shot}"
+    if p.reason is None and prev and not overwrite and prev.get("fused_finished_at") == p.fuse_record.get("finished_at") \
+            and prev.get("zarr_path") == p.zarr_path and (out / p.zarr_path).exists():
+        say(f"keep {name}: already exported from the same fused result")
+        return {**prev, **_shot_fields(p)}
+    reason = p.reason
+    if reason is None:
+        try:
+            row = _export_video(store, p, out)
+            say(f"exported {name}: {row['n_frames']} frames → {out / row['zarr_path']}")
+            return row
+        except StoreError as exc:  # damaged between the check and the read
+            reason = f"damaged: {exc}"
+    if reason.startswith("damaged: "):
+        if p.video_id not in said:
+            say(f"skip {p.video_id}: damaged, not exported: {reason.removeprefix('damaged: ')}")
+            said.add(p.video_id)
+    else:
+        say(f"drop {name}: {reason}")
+    info = store.video_info(p.video_id)
+    return {"video_id": p.video_id, "source": info.source, "n_frames": p.n_frames, "height": info.height,
+            "width": info.width, "fps": info.fps, "fused_finished_at": p.fuse_record.get("finished_at"),
+            "skipped": reason, **_shot_fields(p)}
+
+
+def _shot_fields(p: ShotPlan) -> dict:
+    """The index's shot columns: shot, its frames, split, scores."""
+    return {"shot": p.shot, "shot_start": p.start, "shot_end": p.end, "split": p.split,
+            **{k: p.scores.get(k) for k in SCORE_NAMES}}
 
 
 def _chosen_videos(store: Store, video_ids: list[str] | None) -> list[str]:
@@ -184,40 +220,52 @@ def damage_reason(store: Store, video_id: str) -> str | None:
     return check.summary() if check.damaged else None
 
 
-def _export_video(store: Store, vid: str, out: Path, rec: dict) -> dict:
-    """Write one video's dataset group; returns its index row."""
-    info = store.video_info(vid)
+def _shot_metrics(store: Store, p: ShotPlan) -> dict:
+    """The evaluation metrics of the shot (its video's for a video of one shot)."""
+    rec = store.stage_record(p.video_id, "evaluate") or {}
+    if p.multi:
+        return next((r["metrics"] for r in rec.get("shot_metrics") or [] if r["shot"] == p.shot), {})
+    return rec.get("metrics") or {}
+
+
+def _export_video(store: Store, p: ShotPlan, out: Path) -> dict:
+    """Write one shot's dataset group (a video of one shot: the whole video, as before shots); returns
+    its index row."""
+    vid, info = p.video_id, store.video_info(p.video_id)
     fused = store.read_fused(vid)
-    rgb = store.read_frames(vid)
-    depth, conf = fused.depth, fused.confidence
+    sl = slice(p.start, p.end)
+    rgb = store.read_frames(vid)[sl]
+    depth, conf = fused.depth[sl], fused.confidence[sl]
     valid = (conf > 0) & (depth > 0)
     arrays = {"rgb": rgb.astype(np.uint8), "depth": depth.astype(np.float32), "confidence": conf.astype(np.float32),
-              "depth_source": store.read_depth_source(vid).astype(np.uint8), "points": fused.points.astype(np.float32),
-              "intrinsics": fused.intrinsics.astype(np.float32),
-              "world_from_cam": fused.world_from_cam.astype(np.float32)}
-    rel = f"videos/{vid}.zarr"
-    _write_video(out / rel, arrays, {"video_id": vid, "source": info.source, "fps": info.fps,
-                                     "conventions": EXPORT_CONVENTIONS})
-    metrics = ((store.stage_record(vid, "evaluate") or {}).get("metrics")) or {}
+              "depth_source": store.read_depth_source(vid)[sl].astype(np.uint8),
+              "points": fused.points[sl].astype(np.float32), "intrinsics": fused.intrinsics[sl].astype(np.float32),
+              "world_from_cam": fused.world_from_cam[sl].astype(np.float32)}
+    attrs = {"video_id": vid, "source": info.source, "fps": info.fps, "conventions": EXPORT_CONVENTIONS}
+    if p.multi:
+        attrs.update(shot=p.shot, shot_start=p.start, shot_end=p.end)
+    _write_video(out / p.zarr_path, arrays, attrs)
+    metrics = _shot_metrics(store, p)
     d = depth[valid]
     return {
-        "video_id": vid, "source": info.source, "n_frames": info.n_frames, "height": info.height,
-        "width": info.width, "fps": info.fps, "zarr_path": rel, "fused_finished_at": rec.get("finished_at"),
+        "video_id": vid, "source": info.source, "n_frames": p.n_frames, "height": info.height,
+        "width": info.width, "fps": info.fps, "zarr_path": p.zarr_path, "fused_finished_at": p.fuse_record.get("finished_at"),
         "valid_fraction": float(valid.mean()),
         "depth_median": float(np.median(d)) if d.size else None,
         "depth_min": float(d.min()) if d.size else None, "depth_max": float(d.max()) if d.size else None,
-        "focal_mean": float(np.mean((fused.intrinsics[:, 0, 0] + fused.intrinsics[:, 1, 1]) / 2)),
-        "path_length": _path_length(fused.world_from_cam),
+        "focal_mean": float(np.mean((arrays["intrinsics"][:, 0, 0] + arrays["intrinsics"][:, 1, 1]) / 2)),
+        "path_length": _path_length(fused.world_from_cam[sl]),
         "abs_rel": metrics.get("abs_rel"), "delta_1_25": metrics.get("delta_1_25"),
         "ate": metrics.get("ate"), "rpe_trans": metrics.get("rpe_trans"), "rpe_rot": metrics.get("rpe_rot"),
-        "skipped": None,
+        "skipped": None, **_shot_fields(p),
     }
 
 
 # ---- standard formats (docs/exports/) ---------------------------------------------------------------
-#: ``geo4d export --format`` choices: ``zarr`` the dataset above, the others one directory per video
-#: and format, ``OUTDIR/<format>/<video_id>/``.
-EXPORT_FORMATS = ("zarr", "colmap", "nerfstudio", "tum", "ply", "glb", "depth")
+#: ``geo4d export --format`` choices: ``zarr`` the dataset above, ``webdataset`` training shards of the
+#: same shots (:func:`storage.curation.export_webdataset`), the others one directory per export unit
+#: and format, ``OUTDIR/<format>/<video_id>/`` (``<video_id>-shot<k>`` per shot of a multi-shot video).
+EXPORT_FORMATS = ("zarr", "colmap", "nerfstudio", "tum", "ply", "glb", "depth", "webdataset")
 #: Default point budget (whole video) of the formats holding a point cloud (geo4d.formats.points).
 POINT_BUDGETS = {"colmap": 100_000, "nerfstudio": 100_000, "ply": 1_000_000, "glb": 200_000}
 #: Version of the per-format layout (``export.json``'s ``version``).
@@ -280,7 +328,8 @@ class ExportOptions:
 
 @dataclass
 class _VideoData:
-    """What the writers get of one video: frames (T, H, W, 3) uint8, the fused geometry, (T,) timestamps."""
+    """What the writers get of one export unit (a video of one shot, or one shot of a video of
+    several): frames (T, H, W, 3) uint8, the fused geometry, (T,) timestamps — T the unit's frames."""
 
     info: VideoInfo
     frames: np.ndarray
@@ -289,6 +338,48 @@ class _VideoData:
     provenance: dict
     framing: Framing
     intrinsics_source: np.ndarray  # (T, 3, 3) the fused K in source pixels
+    unit: str = ""  # the unit's directory name: the video id, or <video_id>-shot<k>
+    shot: Shot | None = None  # the shot of a multi-shot video (None: the whole video)
+
+    @property
+    def n_frames(self) -> int:
+        return int(self.frames.shape[0])
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """One export unit of the standard formats: its directory name and frames (``shot`` None: the
+    whole video of one shot)."""
+
+    name: str
+    shot: Shot | None
+
+    def frames(self, n_frames: int) -> slice:
+        return slice(0, n_frames) if self.shot is None else slice(self.shot.start, self.shot.end)
+
+
+def format_units(store: Store, video_id: str) -> list[_Unit]:
+    """The units a fused video is exported as in the standard formats: the video itself when it has
+    one shot (:func:`geo4d.shots.is_single_shot`), else each reconstructed shot as
+    ``<video_id>-shot<k>`` (the Zarr dataset's units, :class:`storage.curation.ShotPlan`)."""
+    shots = store.read_shots(video_id)
+    if is_single_shot(shots, store.video_info(video_id).n_frames):
+        return [_Unit(video_id, None)]
+    return [_Unit(f"{video_id}-shot{s.index}", s) for s in shots if s.skipped is None]
+
+
+def _unit_data(v: _VideoData, unit: _Unit) -> _VideoData:
+    """The frames of ``unit`` of the whole video's data (the shot's world frame is its first frame
+    already: each shot is fused on its own); provenance names the shot."""
+    if unit.shot is None:
+        return replace(v, unit=unit.name)
+    sl, g, sh = unit.frames(v.info.n_frames), v.fused, unit.shot
+    part = Geometry(g.depth[sl], g.valid[sl], g.intrinsics[sl], g.world_from_cam[sl],
+                    points=None if g.points is None else g.points[sl],
+                    confidence=None if g.confidence is None else g.confidence[sl], fps=g.fps, meta=g.meta)
+    prov = {**v.provenance, "shot": sh.index, "shot_start": sh.start, "shot_end": sh.end}
+    return replace(v, frames=v.frames[sl], fused=part, timestamps=v.timestamps[sl], provenance=prov,
+                   intrinsics_source=v.intrinsics_source[sl], unit=unit.name, shot=sh)
 
 
 def _provenance(store: Store, vid: str, rec: dict) -> dict:
@@ -322,7 +413,8 @@ def _cloud(v: _VideoData, budget: int) -> Cloud:
 
 def _comments(v: _VideoData) -> list[str]:
     p = v.provenance
-    return [f"geo4d export of video {p['video_id']} (fused {p['fused_finished_at']})", f"predictor: {p['predictor']}"] \
+    shot = f" shot {p['shot']} (frames {p['shot_start']}-{p['shot_end'] - 1})" if "shot" in p else ""  # ASCII: PLY
+    return [f"geo4d export of video {p['video_id']}{shot} (fused {p['fused_finished_at']})", f"predictor: {p['predictor']}"] \
         + ([p["note"]] if "note" in p else []) + [f"conventions: {p['conventions']}"]
 
 
@@ -403,15 +495,15 @@ def _publish(tmp: Path, dest: Path) -> None:
 
 
 def _write_format(v: _VideoData, fmt: str, out: Path, opts: ExportOptions) -> tuple[Path, dict]:
-    """Stage ``OUTDIR/<fmt>/<id>.partial``, write the format and its sidecar, rename it into place."""
-    dest = out / fmt / v.info.video_id
+    """Stage ``OUTDIR/<fmt>/<unit>.partial``, write the format and its sidecar, rename it into place."""
+    dest = out / fmt / (v.unit or v.info.video_id)
     tmp = dest.with_name(dest.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     summary = _WRITERS[fmt](v, tmp, opts)
     i = v.info
-    sidecar = {"format": fmt, **v.provenance, "source": i.source, "n_frames": i.n_frames, "height": i.height,
+    sidecar = {"format": fmt, **v.provenance, "source": i.source, "n_frames": v.n_frames, "height": i.height,
                "width": i.width, "fps": i.fps, "options": opts.key(fmt), "summary": summary,
                "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2, default=float))
@@ -419,10 +511,10 @@ def _write_format(v: _VideoData, fmt: str, out: Path, opts: ExportOptions) -> tu
     return dest, summary
 
 
-def _kept(out: Path, fmt: str, vid: str, rec: dict, opts: ExportOptions) -> bool:
-    """Whether ``OUTDIR/<fmt>/<vid>`` was exported from the same fused result with the same options."""
+def _kept(out: Path, fmt: str, unit: str, rec: dict, opts: ExportOptions) -> bool:
+    """Whether ``OUTDIR/<fmt>/<unit>`` was exported from the same fused result with the same options."""
     try:
-        side = json.loads((out / fmt / vid / SIDECAR).read_text())
+        side = json.loads((out / fmt / unit / SIDECAR).read_text())
     except (OSError, ValueError):
         return False
     return side.get("fused_finished_at") == rec.get("finished_at") and side.get("options") == opts.key(fmt)
@@ -442,15 +534,18 @@ def export_formats(store: Store, outdir: str | Path, formats: list[str], video_i
                    progress: Callable[[str], None] | None = None,
                    checked: dict[str, str | None] | None = None) -> list[dict]:
     """Export each fused video (or ``video_ids``) in each of ``formats`` (not ``zarr``: see
-    :func:`export_dataset`) to ``OUTDIR/<format>/<video_id>/``; one progress line per video and format.
+    :func:`export_dataset`) to ``OUTDIR/<format>/<unit>/`` per export unit (:func:`format_units`: the
+    video, or ``<video_id>-shot<k>`` per reconstructed shot of a multi-shot video); one progress
+    line per unit and format.
 
     Like the dataset: videos not fused are skipped; an export from the same fused result with the same
     options is kept unless ``overwrite``; a damaged video (:func:`damage_reason`, ``checked`` as there)
     is skipped and nothing of it written (an earlier export of it stays as it was).
 
     Returns:
-        one row per video and format: ``video_id``, ``format``, ``status`` (exported, kept, not fused,
-        damaged), ``path`` (or None), ``reason`` (damaged: why), ``summary`` (exported: what was written).
+        one row per unit and format: ``video_id``, ``unit`` (its directory name), ``shot`` (None for
+        a video of one shot), ``format``, ``status`` (exported, kept, not fused, damaged), ``path``
+        (or None), ``reason`` (damaged: why), ``summary`` (exported: what was written).
     """
     say, opts, out = progress or (lambda _m: None), options or ExportOptions(), Path(outdir)
     unknown = [f for f in formats if f not in _WRITERS]
@@ -465,26 +560,30 @@ def export_formats(store: Store, outdir: str | Path, formats: list[str], video_i
                 rows.append(_row(vid, fmt, "not fused"))
             continue
         todo = []
-        for fmt in formats:
-            if not overwrite and _kept(out, fmt, vid, rec, opts):
-                say(f"keep {vid} {fmt}: already exported from the same fused result → {out / fmt / vid}")
-                rows.append(_row(vid, fmt, "kept", out / fmt / vid))
-            else:
-                todo.append(fmt)
+        for unit in format_units(store, vid):
+            for fmt in formats:
+                if not overwrite and _kept(out, fmt, unit.name, rec, opts):
+                    say(f"keep {unit.name} {fmt}: already exported from the same fused result → {out / fmt / unit.name}")
+                    rows.append(_row(vid, fmt, "kept", out / fmt / unit.name, unit=unit))
+                else:
+                    todo.append((unit, fmt))
         if todo:
             rows += _export_video_formats(store, vid, rec, todo, out, opts, checked, say)
     return rows
 
 
 def _row(vid: str, fmt: str, status: str, path: Path | None = None, reason: str | None = None,
-         summary: dict | None = None) -> dict:
+         summary: dict | None = None, unit: _Unit | None = None) -> dict:
     return {"video_id": vid, "format": fmt, "status": status, "path": str(path) if path else None, "reason": reason,
-            "summary": summary}
+            "summary": summary, "unit": unit.name if unit else vid,
+            "shot": unit.shot.index if unit and unit.shot else None}
 
 
-def _export_video_formats(store: Store, vid: str, rec: dict, formats: list[str], out: Path, opts: ExportOptions,
-                          checked: dict[str, str | None] | None, say: Callable[[str], None]) -> list[dict]:
-    """Check ``vid`` once, read it once, write each of ``formats`` (or skip them all as damaged)."""
+def _export_video_formats(store: Store, vid: str, rec: dict, todo: list[tuple[_Unit, str]], out: Path,
+                          opts: ExportOptions, checked: dict[str, str | None] | None,
+                          say: Callable[[str], None]) -> list[dict]:
+    """Check ``vid`` once, read it once, write each (unit, format) of ``todo`` (or skip them all as
+    damaged)."""
     reason = _damage(store, vid, checked)
     data = None
     if reason is None:
@@ -493,13 +592,14 @@ def _export_video_formats(store: Store, vid: str, rec: dict, formats: list[str],
         except StoreError as exc:  # damaged between the check and the read
             reason = str(exc)
     rows = []
-    for fmt in formats:
+    for unit, fmt in todo:
         if data is None:
-            say(f"skip {vid} {fmt}: damaged, not exported: {reason}")
-            rows.append(_row(vid, fmt, "damaged", reason=f"damaged: {reason}"))
+            say(f"skip {unit.name} {fmt}: damaged, not exported: {reason}")
+            rows.append(_row(vid, fmt, "damaged", reason=f"damaged: {reason}", unit=unit))
             continue
-        dest, summary = _write_format(data, fmt, out, opts)
-        note = " (SYNTHETIC predictor)" if "note" in data.provenance else ""
-        say(f"exported {vid} {fmt}: {_describe(summary)}{note} → {dest}")
-        rows.append(_row(vid, fmt, "exported", dest, summary=summary))
+        part = _unit_data(data, unit)
+        dest, summary = _write_format(part, fmt, out, opts)
+        note = " (SYNTHETIC predictor)" if "note" in part.provenance else ""
+        say(f"exported {unit.name} {fmt}: {_describe(summary)}{note} → {dest}")
+        rows.append(_row(vid, fmt, "exported", dest, summary=summary, unit=unit))
     return rows

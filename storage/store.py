@@ -30,6 +30,7 @@ from geo4d.framing import Framing
 from geo4d.fusion.depth import DepthSource
 from geo4d.geometry import Geometry
 from geo4d.predictor import MODALITIES, WindowPrediction
+from geo4d.shots import Shot, shots_from_records, single_shot
 
 __all__ = [
     "Store",
@@ -53,7 +54,7 @@ STORE_FORMAT = "geo4d-store"
 #: Stores of format 1 (Blosc lz4, no checksums, fill-value chunks skipped) are read as ever.
 STORE_VERSION = 2
 #: Pipeline stages in order; a stage's record is written only after all its arrays are complete.
-STAGES = ("decode", "windows", "fuse", "evaluate")
+STAGES = ("decode", "shots", "windows", "fuse", "evaluate")
 #: Names of the fused arrays (``fused/<name>``) and their per-frame trailing shapes.
 #: The store's name of :attr:`geo4d.geometry.Geometry.world_from_cam` (kept for format compatibility).
 _POSE_KEY = "cam_to_world"
@@ -597,6 +598,54 @@ class Store:
 
         sync(copy())
 
+    # ---- shots -----------------------------------------------------------------------------------
+    #: Video attribute holding the shots stage's result: ``{"shots": [Shot dicts], "boundaries": [[frame, kind]]}``.
+    SHOTS_ATTR = "shots"
+
+    def write_shots(self, video_id: str, shots: list[Shot], boundaries: list) -> None:
+        """Store the video's shots (attribute ``shots``; the stage record is written after it)."""
+        grp = self._video_group(video_id)
+        grp.attrs[self.SHOTS_ATTR] = json.loads(json.dumps(
+            {"shots": [s.to_dict() for s in shots], "boundaries": [list(b) for b in boundaries]}, default=str))
+
+    def read_shots(self, video_id: str) -> list[Shot]:
+        """The video's shots when its shots stage is complete; otherwise (no shots stage, ``--shots
+        off`` stores, stores from before shots) the one shot of every frame."""
+        info = self.video_info(video_id)
+        got = self._video_group(video_id).attrs.get(self.SHOTS_ATTR)
+        if not self.is_complete(video_id, "shots") or not got:
+            return single_shot(info.n_frames)
+        try:
+            return shots_from_records(got["shots"], info.n_frames)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.location}: videos/{video_id} attribute shots is malformed ({exc})") from exc
+
+    #: ``fused/shot``: int16 (T,) each frame's shot index, −1 for frames of skipped shots.
+    SHOT_INDEX = "shot"
+    #: ``fused`` group attribute: the quality scores of each shot (:mod:`geo4d.quality`), a list of dicts.
+    SCORES_ATTR = "shot_scores"
+
+    def write_shot_scores(self, video_id: str, scores: list[Mapping[str, Any]]) -> None:
+        """Store each shot's quality scores (``fused`` attribute ``shot_scores``) with the fused result."""
+        fg = self._video_group(video_id)["fused"]
+        fg.attrs[self.SCORES_ATTR] = json.loads(json.dumps([dict(s) for s in scores], default=_json_number))
+
+    def read_shot_scores(self, video_id: str) -> list[dict]:
+        """Each shot's quality scores (empty for results fused before scores existed)."""
+        grp = self._video_group(video_id)
+        if "fused" not in grp:
+            return []
+        return list(grp["fused"].attrs.get(self.SCORES_ATTR) or [])
+
+    def read_frame_shots(self, video_id: str) -> np.ndarray:
+        """(T,) int16 shot index of each fused frame (−1: a skipped shot's frame); results fused before
+        shots: all 0."""
+        grp = self._video_group(video_id)
+        if "fused" in grp and self.SHOT_INDEX in grp["fused"]:
+            where = f"videos/{video_id}/fused/{self.SHOT_INDEX}"
+            return self._read_whole(self._array(grp["fused"], self.SHOT_INDEX, video_id), where).astype(np.int16)
+        return np.zeros(self.video_info(video_id).n_frames, dtype=np.int16)
+
     # ---- windows ---------------------------------------------------------------------------------
     def prepare_windows(
         self, video_id: str, starts: list[int], window_size: int, stride: int, predictor: str, fingerprint: str,
@@ -693,13 +742,15 @@ class Store:
 
     # ---- fused -----------------------------------------------------------------------------------
     def write_fused(self, video_id: str, geometry: Geometry, diagnostics: Mapping[str, Any] | None = None,
-                    intrinsics_source: np.ndarray | None = None, depth_source: np.ndarray | None = None) -> None:
+                    intrinsics_source: np.ndarray | None = None, depth_source: np.ndarray | None = None,
+                    shot_index: np.ndarray | None = None) -> None:
         """Write the fused geometry as ``fused/<name>`` (:data:`FUSED_ARRAYS`, float32, chunked per frame).
 
         ``geometry`` needs ``confidence`` and ``points``; ``diagnostics`` go to the group's attrs;
         ``intrinsics_source`` (T, 3, 3), K in the source video's pixels, to ``fused/intrinsics_source``;
         ``depth_source`` (T, H, W) uint8, which modality gave each pixel its depth
-        (:class:`geo4d.fusion.DepthSource` codes), to ``fused/depth_source``.
+        (:class:`geo4d.fusion.DepthSource` codes), to ``fused/depth_source``; ``shot_index`` (T,)
+        each frame's shot (−1 skipped) to ``fused/shot``.
         """
         arrays = _fused_arrays(geometry)
         info = self.video_info(video_id)
@@ -722,8 +773,19 @@ class Store:
             _create(fg, self.DEPTH_SOURCE, source.shape, "uint8", _FLOAT_CODECS)[:] = source
         elif self.DEPTH_SOURCE in fg:
             del fg[self.DEPTH_SOURCE]
+        self._write_shot_index(fg, info, shot_index)
         if diagnostics:
             fg.attrs.update(json.loads(json.dumps({"diagnostics": dict(diagnostics)}, default=str)))
+
+    def _write_shot_index(self, fg: zarr.Group, info: VideoInfo, shot_index: np.ndarray | None) -> None:
+        if shot_index is None:
+            if self.SHOT_INDEX in fg:
+                del fg[self.SHOT_INDEX]
+            return
+        idx = np.asarray(shot_index)
+        if idx.shape != (info.n_frames,):
+            raise ValueError(f"fused/{self.SHOT_INDEX}: expected shape ({info.n_frames},), got {idx.shape}")
+        _create(fg, self.SHOT_INDEX, idx.shape, "int16", _FRAME_CODECS, chunks=(max(1, info.n_frames),))[:] = idx
 
     #: ``fused/intrinsics_source``: the fused K in the source video's pixels (upright, square pixels).
     SOURCE_K = "intrinsics_source"
@@ -805,6 +867,13 @@ class Store:
         except Exception as exc:  # codec errors: checksum mismatch, truncated compressed data, …
             raise StoreError(f"{self.location}: {where}: unreadable chunk ({_first_line(exc)}; "
                              "damaged: `geo4d verify` records it, a rerun repairs it)") from exc
+
+
+def _json_number(value: Any) -> Any:
+    """JSON of NumPy scalars (scores): plain floats, ints and bools."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ STAGE_ARRAYS: dict[str, tuple[str, ...]] = {
     "fuse": tuple(f"fused/{n}" for n in FUSED_ARRAYS),
 }
 #: Arrays a stage writes that older stores lack: checked when present.
-OPTIONAL_STAGE_ARRAYS: dict[str, tuple[str, ...]] = {"fuse": ("fused/depth_source",)}
+OPTIONAL_STAGE_ARRAYS: dict[str, tuple[str, ...]] = {"fuse": ("fused/depth_source", "fused/shot")}
 #: Stage statuses whose data is supposed to be whole.
 _FINISHED = ("complete", "damaged")
 

@@ -28,7 +28,8 @@ from storage.store import Store
 from tasks.cluster import sampling_slot, worker_identity
 from tasks.common import STAGE_TASK_OPTIONS, is_transient, open_store, progress_logger, video_lease
 
-__all__ = ["new_summary", "rejected_summary", "unfinished_summary", "decode_video_task", "sample_windows_task",
+__all__ = ["new_summary", "rejected_summary", "unfinished_summary", "decode_video_task", "shots_video_task",
+           "sample_windows_task",
            "fuse_video_task", "evaluate_video_task", "report_video_task"]
 
 
@@ -108,6 +109,19 @@ def decode_video_task(source: dict, store: str, predictor: PredictorSpec, storag
         resize=resize, run_id=_run_id(), overwrite=overwrite), storage_options)
     if out["status"] == "complete" and out["also"]:
         st.record_source_paths(out["video_id"], [out["source"], *out["also"]])
+    return out
+
+
+@task(name="shots", **STAGE_TASK_OPTIONS)
+def shots_video_task(summary: dict, store: str, shots: dict | None = None, storage_options: dict | None = None,
+                     overwrite: bool = False) -> dict:
+    """Find the video's shots (:func:`pipeline.stages.shots_stage`); ``summary["shots"]``: how many."""
+    st = open_store(store, storage_options)
+    out = _run_stage(summary, "shots", st, lambda lease: stages.shots_stage(
+        st, summary["video_id"], shots=shots, run_id=_run_id(), overwrite=overwrite), storage_options)
+    found = out.get("details", {}).get("shots") or {}
+    out["shots"] = found.get("shots")
+    out["shots_skipped"] = found.get("skipped")
     return out
 
 

@@ -38,6 +38,15 @@ def decode_task(video: str, store: str, video_id: str | None = None, size: tuple
     return report_stage(res)
 
 
+@task(name="shots", **STAGE_TASK_OPTIONS)
+def shots_task(store: str, video_id: str, shots: dict | None = None, window_size: int = WINDOW_SIZE,
+               storage_options: dict | None = None, overwrite: bool = False, lease_wait: float | None = None) -> dict:
+    with video_lease(store, video_id, storage_options, lease_wait):
+        res = stages.shots_stage(open_store(store, storage_options), video_id, shots=shots, window_size=window_size,
+                                 run_id=str(flow_run.id), overwrite=overwrite)
+    return report_stage(res)
+
+
 @task(name="sample-windows", **STAGE_TASK_OPTIONS)
 def windows_task(store: str, video_id: str, predictor: PredictorSpec, window_size: int = WINDOW_SIZE,
                  stride: int = WINDOW_STRIDE, storage_options: dict | None = None, overwrite: bool = False,

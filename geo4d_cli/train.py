@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", nargs="+", action="extend", default=[], metavar="DATASET",
                    help="geo4d export directory, webdataset shard directory, or synthetic[:SEED] "
                         "(default: synthetic scenes; several are mixed with equal weight)")
+    p.add_argument("--split", default="train", help="the split of exported datasets to train on (their index's "
+                   "split column, or shard folders per split); 'all': every exported shot")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory (checkpoints, metrics.jsonl, final/)")
     p.add_argument("--init-checkpoint", metavar="MODEL_CKPT",
                    help="start from this official model.ckpt (default: random weights — a synthetic stand-in)")
@@ -71,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_args(args)
     kwargs = dict(init_checkpoint=args.init_checkpoint, init_pointmap_vae=args.init_pointmap_vae,
                   context=args.context, max_steps=args.max_steps, resume=args.resume, device=args.device,
-                  validate_pipeline=not args.no_pipeline_validation)
+                  validate_pipeline=not args.no_pipeline_validation, split=args.split)
     if _is_main():
         print(f"training {args.recipe} on {', '.join(args.data) or 'synthetic scenes'} → {args.out}"
               + (" (resuming)" if args.resume else ""))

@@ -7,8 +7,10 @@ module wires them together, so neither knows the other.
 
 Data locations (``--data``, any number, mixed with equal weight):
 
-* an export directory of ``geo4d export`` (``index.parquet`` + ``videos/*.zarr``, docs/dataset.md);
-* a directory of webdataset shards of ``geo4d export --format webdataset`` (``shards.json``);
+* an export directory of ``geo4d export`` (``index.parquet`` + ``videos/*.zarr``, docs/dataset.md):
+  the rows of one split (``split``, default ``train``; ``all``: every row);
+* a directory of webdataset shards of ``geo4d export --format webdataset`` (``shards.json``), or a
+  folder holding one shard set per split (``<split>/shards.json`` or ``webdataset/<split>/shards.json``);
 * ``synthetic`` or ``synthetic:SEED``: procedural synthetic scenes with exact ground truth (the
   recipe's ``synthetic`` settings; the default when no ``--data`` is given).
 """
@@ -28,11 +30,12 @@ __all__ = ["clip_source", "clip_sources", "pipeline_validator", "train", "read_m
 SYNTHETIC_DATA = "synthetic"
 
 
-def clip_source(location: str, recipe) -> Any:
-    """One ``--data`` location → a :class:`geo4d_model.train.data.ClipSource`.
+def clip_source(location: str, recipe, split: str = "train") -> Any:
+    """One ``--data`` location → a :class:`geo4d_model.train.data.ClipSource` (of ``split``).
 
     Raises:
-        InputError: the location does not exist or is neither an export nor a shard directory.
+        InputError: the location does not exist, is neither an export nor a shard directory, or has
+            nothing in ``split``.
     """
     from geo4d_model.train.data import SyntheticClips
 
@@ -48,19 +51,28 @@ def clip_source(location: str, recipe) -> Any:
     if not path.exists():
         raise InputError(f"--data {location}: no such dataset directory")
     if (path / "index.parquet").is_file():
-        return _export_source(path)
-    if (path / "shards.json").is_file():
-        return _shard_source(path)
+        return _export_source(path, split)
+    shards = _shard_dir(path, split)
+    if shards is not None:
+        return _shard_source(shards)
     raise InputError(f"--data {location}: neither a `geo4d export` directory (index.parquet) nor webdataset "
-                     "shards (shards.json)")
+                     f"shards (shards.json, or {split}/shards.json per split)")
 
 
-def _export_source(path: Path):
+def _shard_dir(path: Path, split: str) -> Path | None:
+    """The shard set of ``path``: itself, else its ``split`` folder (directly or under ``webdataset/``)."""
+    for candidate in (path, path / split, path / "webdataset" / split):
+        if (candidate / "shards.json").is_file():
+            return candidate
+    return None
+
+
+def _export_source(path: Path, split: str):
     from geo4d_model.train.data import ExportClips
     from storage.training_data import ExportReader
 
-    reader = ExportReader(path)  # reads the index once; picklable for data-loader workers
-    return ExportClips(reader.videos, reader, name=str(path))
+    reader = ExportReader(path, split)  # reads the index once; picklable for data-loader workers
+    return ExportClips(reader.videos, reader, name=f"{path} ({split})")
 
 
 def _shard_source(path: Path):
@@ -71,9 +83,9 @@ def _shard_source(path: Path):
     return ExportClips(reader.videos, reader, name=str(path))
 
 
-def clip_sources(data: Sequence[str], recipe) -> list:
+def clip_sources(data: Sequence[str], recipe, split: str = "train") -> list:
     """Every ``--data`` location as a clip source (the synthetic scenes when ``data`` is empty)."""
-    return [clip_source(d, recipe) for d in (data or [SYNTHETIC_DATA])]
+    return [clip_source(d, recipe, split) for d in (data or [SYNTHETIC_DATA])]
 
 
 def pipeline_validator(recipe, videos: int = 2, n_frames: int = 20):
@@ -89,14 +101,15 @@ def pipeline_validator(recipe, videos: int = 2, n_frames: int = 20):
 
 def train(recipe_path: str, data: Sequence[str], out_dir: str, *, init_checkpoint: str | None = None,
           init_pointmap_vae: str | None = None, context: str | None = None, max_steps: int | None = None,
-          resume: bool = False, device: str = "auto", validate_pipeline: bool = True,
+          resume: bool = False, device: str = "auto", validate_pipeline: bool = True, split: str = "train",
           on_log: Callable[[int, dict], None] | None = None) -> dict:
-    """Run (or resume) a training run and return its summary (:func:`summary`)."""
+    """Run (or resume) a training run on the ``split`` of exported datasets and return its summary
+    (:func:`summary`)."""
     from geo4d_model.train.recipe import load_recipe
     from geo4d_model.train.trainer import run_training
 
     recipe = load_recipe(recipe_path)
-    sources = clip_sources(data, recipe)
+    sources = clip_sources(data, recipe, split)
     validators = (pipeline_validator(recipe),) if validate_pipeline else ()
     end = recipe.total_steps if max_steps is None else min(recipe.total_steps, int(max_steps))
 

@@ -34,9 +34,11 @@ def _first_line(exc: Exception) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def export_videos(root: str | Path) -> list[dict]:
+def export_videos(root: str | Path, split: str | None = None) -> list[dict]:
     """The exported videos of ``root``: ``id``, ``n_frames``, ``height``, ``width``, ``fps`` and
-    ``zarr_path`` (relative to ``root``) per video, in index order; skipped rows left out.
+    ``zarr_path`` (relative to ``root``) per video (per shot for multi-shot videos), in index order;
+    skipped rows left out. ``split`` keeps the rows of that split (the index's ``split`` column, see
+    docs/curation.md; an index without one has no splits); None or ``"all"``: every row.
 
     Raises :class:`InputError` (one line naming the path) when ``root`` is no export or lists none."""
     root = Path(root)
@@ -51,9 +53,21 @@ def export_videos(root: str | Path) -> list[dict]:
     rows = [r for r in rows if r.get("skipped") is None and r.get("zarr_path")]
     if not rows:
         raise InputError(f"{root}: the export lists no exported video (empty, or every video skipped)")
+    rows = _in_split(root, rows, split)
     return [{"id": r["video_id"], "n_frames": int(r["n_frames"]), "height": int(r["height"]),
              "width": int(r["width"]), "fps": None if r.get("fps") is None else float(r["fps"]),
              "zarr_path": r["zarr_path"]} for r in rows]
+
+
+def _in_split(root: Path, rows: list[dict], split: str | None) -> list[dict]:
+    """The rows of ``split`` (all of them for None/"all", or when the index has no split column)."""
+    if split in (None, "all") or not any("split" in r for r in rows):
+        return rows
+    kept = [r for r in rows if r.get("split") == split]
+    if not kept:
+        names = ", ".join(sorted({str(r.get("split")) for r in rows}))
+        raise InputError(f"{root}: no exported shot in split {split!r} (the export's splits: {names})")
+    return kept
 
 
 def _read_clip(root: Path, video: dict, start: int, n_frames: int) -> dict[str, np.ndarray]:
@@ -84,9 +98,9 @@ def read_export_clip(root: str | Path, video_index: int, start: int, n_frames: i
 class ExportReader:
     """An export's video list (read once) and a clip reader ``(video_index, start, n_frames) → dict``."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, split: str | None = None) -> None:
         self.root = Path(root)
-        self.videos = export_videos(self.root)
+        self.videos = export_videos(self.root, split)
 
     def __call__(self, video_index: int, start: int, n_frames: int) -> dict[str, np.ndarray]:
         if not 0 <= video_index < len(self.videos):

@@ -18,7 +18,8 @@ _LOSS_KEYS = ("step", "phase", "loss", "lr")
 @task(name="train", cache_policy=NO_CACHE)
 def train_task(recipe: str, data: list[str], out_dir: str, init_checkpoint: str | None = None,
                init_pointmap_vae: str | None = None, context: str | None = None, max_steps: int | None = None,
-               resume: bool = False, device: str = "auto", validate_pipeline: bool = True) -> dict:
+               resume: bool = False, device: str = "auto", validate_pipeline: bool = True,
+               split: str = "train") -> dict:
     logger = get_run_logger()
 
     def on_log(step: int, metrics: dict) -> None:
@@ -30,7 +31,7 @@ def train_task(recipe: str, data: list[str], out_dir: str, init_checkpoint: str 
 
     out = training.train(recipe, data, out_dir, init_checkpoint=init_checkpoint, init_pointmap_vae=init_pointmap_vae,
                          context=context, max_steps=max_steps, resume=resume, device=device,
-                         validate_pipeline=validate_pipeline, on_log=on_log)
+                         validate_pipeline=validate_pipeline, split=split, on_log=on_log)
     publish_artifacts(out_dir)
     return out
 

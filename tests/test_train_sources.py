@@ -3,6 +3,9 @@ webdataset shards (random access by tar offsets) and the synthetic scenes."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -83,3 +86,54 @@ def test_bad_locations_are_one_line_errors(tmp_path, recipe):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="neither a `geo4d export` directory"):
         clip_source(str(tmp_path / "empty"), recipe)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Three SYNTHETIC videos reconstructed (synthetic predictor) and exported with two splits."""
+    import pyarrow.parquet as pq
+
+    from conftest import write_synthetic_videos
+    from geo4d_cli import main
+    from pipeline import stages
+    from storage.store import Store
+
+    d = tmp_path_factory.mktemp("loop")
+    store = Store(d / "s.zarr")
+    for i, path in enumerate(write_synthetic_videos(d, [70, 71, 72], n_frames=20)):
+        vid = stages.decode_stage(store, str(path), video_id=f"v{i}").video_id
+        stages.shots_stage(store, vid)
+        stages.windows_stage(store, vid, {"kind": "synthetic"})
+        stages.fuse_stage(store, vid)
+    out = d / "ds"
+    assert main(["export", store.location, str(out), "--split", "train=0.5,validation=0.5", "--split-seed", "1"]) == 0
+    rows = pq.read_table(out / "index.parquet").to_pylist()
+    return out, {r["video_id"]: r["split"] for r in rows if r["skipped"] is None}
+
+
+def test_an_export_trains_on_its_train_split_only(exported, recipe):
+    from pipeline.training import clip_source
+
+    out, splits = exported
+    assert set(splits.values()) == {"train", "validation"}, splits  # the seed gives both splits
+    for split in ("train", "validation"):
+        source = clip_source(str(out), recipe, split)
+        assert {v["id"] for v in source.videos} == {v for v, s in splits.items() if s == split}
+    assert len(clip_source(str(out), recipe, "all").videos) == len(splits)
+    with pytest.raises(InputError, match="no exported shot in split 'test'"):
+        clip_source(str(out), recipe, "test")
+
+
+def test_training_closes_the_loop_from_an_export(exported, tmp_path):
+    """archive → export → geo4d train: two VAE-decoder steps on the exported train split."""
+    from pipeline.training import train
+
+    out, _ = exported
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"network: {Path('configs/train/tiny-network.yaml').resolve()}\nclip_frames: 8\n"
+                      "validation: {every: 0, clips: 1}\n"
+                      "phases:\n  - {name: vae, train: pointmap_vae, steps: 2, sizes: [[32, 48]]}\n")
+    summary = train(str(recipe), [str(out)], str(tmp_path / "run"), validate_pipeline=False)
+    assert summary["step"] == 2 and Path(summary["model_ckpt"]).is_file()
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["data"] == f"{out} (train)"  # the run records what it trained on

@@ -35,7 +35,7 @@ import numpy as np
 
 from geo4d.errors import InputError
 
-__all__ = ["RESIZE_MODES", "Framing", "plan_framing", "depth_to_source", "nearest_to_source"]
+__all__ = ["RESIZE_MODES", "Framing", "plan_framing", "depth_to_source", "nearest_to_source", "nearest_to_network"]
 
 #: How frames are brought to the network size (see the module docstring).
 RESIZE_MODES = ("crop", "pad", "stretch")
@@ -164,6 +164,25 @@ def nearest_to_source(values: np.ndarray, framing: Framing) -> np.ndarray:
     inside = ((v >= -0.5) & (v <= H - 0.5))[:, None] & ((u >= -0.5) & (u <= W - 0.5))[None, :]
     out = _nearest(values, np.clip(u, 0, W - 1), np.clip(v, 0, H - 1))
     return np.where(inside[None], out, 0).astype(values.dtype)
+
+
+def nearest_to_network(values: np.ndarray, framing: Framing, fill=0) -> np.ndarray:
+    """(T, H_s, W_s) source-pixel values (ground-truth depth, masks) → (T, H, W) in the network's
+    pixels by nearest neighbour (no value is invented); network pixels that show no source pixel
+    (padding) get ``fill``.
+
+    Example:
+        >>> f = plan_framing((4, 6), (2, 2), "crop")
+        >>> nearest_to_network(np.arange(24.0).reshape(1, 4, 6), f).tolist()
+        [[[0.0, 2.0], [12.0, 14.0]]]
+    """
+    H, W = framing.size
+    S = np.linalg.inv(framing.network_from_source())
+    us, vs = S[0, 0] * np.arange(W) + S[0, 2], S[1, 1] * np.arange(H) + S[1, 2]
+    Hs, Ws = np.shape(values)[1:3]
+    inside = ((vs >= -0.5) & (vs <= Hs - 0.5))[:, None] & ((us >= -0.5) & (us <= Ws - 0.5))[None, :]
+    out = _nearest(np.asarray(values), np.clip(us, 0, Ws - 1), np.clip(vs, 0, Hs - 1))
+    return np.where(inside[None], out, fill).astype(np.asarray(values).dtype)
 
 
 def _nearest(values: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -670,13 +670,8 @@ def _evaluate(store: Store, video_id: str, gt_dir) -> tuple[dict[str, float], di
     each shot's)."""
     from storage.ground_truth import read_ground_truth
 
-    gt = read_ground_truth(gt_dir)
     fused = store.read_fused(video_id)
-    if gt.depth.shape != fused.depth.shape:
-        raise InputError(
-            f"{gt_dir}: ground-truth depth {gt.depth.shape} does not match the reconstruction {fused.depth.shape}"
-        )
-    extra: dict[str, Any] = {}
+    gt, extra = _ground_truth_like(store, video_id, read_ground_truth(gt_dir), fused.depth.shape, gt_dir)
     shots = store.read_shots(video_id)
     if is_single_shot(shots, fused.depth.shape[0]):
         metrics = _shot_metrics(fused, gt, slice(None))
@@ -691,6 +686,29 @@ def _evaluate(store: Store, video_id: str, gt_dir) -> tuple[dict[str, float], di
             row["metrics"].pop("focal_err_pct", None)
         extra["intrinsics"] = "given (--intrinsics): fixed in the fusion, focal error not measured"
     return metrics, extra
+
+
+def _ground_truth_like(store: Store, video_id: str, gt, shape: tuple[int, ...], gt_dir) -> tuple[Any, dict]:
+    """The ground truth in the reconstruction's pixels: as it is, or — when it has the source video's
+    size and the network ran at another — brought to the network's pixels through the video's framing
+    (depth nearest-neighbour, no value invented, padding invalid; K by the framing's affine map), so
+    the metrics compare exactly what was reconstructed."""
+    from geo4d.framing import nearest_to_network
+    from geo4d.geometry import Geometry
+
+    if gt.depth.shape == tuple(shape):
+        return gt, {}
+    framing = store.framing(video_id)
+    if gt.depth.shape != (shape[0], *framing.source_size):
+        raise InputError(f"{gt_dir}: ground-truth depth {gt.depth.shape} matches neither the reconstruction "
+                         f"{tuple(shape)} nor the source video ({shape[0]}, {framing.source_size[0]}, "
+                         f"{framing.source_size[1]})")
+    depth = nearest_to_network(np.where(gt.valid, gt.depth, np.inf).astype(np.float32), framing, fill=np.inf)
+    valid = np.isfinite(depth)
+    resampled = Geometry(np.where(valid, depth, np.inf), valid, framing.intrinsics_to_network(gt.intrinsics),
+                         gt.world_from_cam, meta=gt.meta)
+    return resampled, {"ground_truth": f"resampled from {framing.source_size[0]}×{framing.source_size[1]} to the "
+                                       f"network's {shape[1]}×{shape[2]} pixels ({framing.mode})"}
 
 
 def _shot_metrics(fused, gt, frames: slice) -> dict[str, float]:

@@ -108,3 +108,27 @@ def test_padded_pixels_take_no_part_in_the_ray_cameras():
 
     assert rotation_error_deg(masked["ray_dir"][0]) < 1e-6
     assert rotation_error_deg(d) > 0.5  # unmasked, the bands' rays spoil the rotations
+
+
+def test_ground_truth_in_network_pixels_projects_to_the_same_points():
+    """Source depth brought to the network's pixels (nearest) with K mapped by the framing: every
+    network pixel back-projects to the 3D point of the source pixel it took its depth from, up to the
+    half source pixel the nearest neighbour moves (crop: a 4:3 source into a 3:2 network frame)."""
+    from geo4d.framing import nearest_to_network, plan_framing
+
+    Hs, Ws, f = 48, 64, 50.0
+    K = np.array([[f, 0, 31.5], [0, f, 23.5], [0, 0, 1.0]])
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(2, 4, (1, Hs, Ws)).astype(np.float32)
+    fr = plan_framing((Hs, Ws), (32, 48), "crop")
+    d_net = nearest_to_network(depth, fr)
+    K_net = fr.intrinsics_to_network(K)
+    v, u = np.mgrid[0:32, 0:48]
+    src = np.linalg.inv(fr.network_from_source()) @ np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
+    us, vs = np.rint(src[0]).astype(int), np.rint(src[1]).astype(int)
+    np.testing.assert_array_equal(d_net[0].ravel(), depth[0, vs, us])  # values are copied, never blended
+    rays_net = np.linalg.inv(K_net) @ np.stack([u.ravel(), v.ravel(), np.ones(u.size)])
+    rays_src = np.linalg.inv(K) @ np.stack([us, vs, np.ones(u.size)])
+    assert np.abs(rays_net - rays_src).max() <= 0.5 / f + 1e-9  # within half a source pixel
+    padded = plan_framing((Hs, Ws), (48, 48), "pad")
+    assert (nearest_to_network(depth, padded, fill=np.inf)[0, 0, :] == np.inf).all()  # padding rows: no surface

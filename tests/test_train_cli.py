@@ -48,13 +48,21 @@ def test_a_run_validates_through_the_whole_pipeline(trained, capsys):
 
 
 def test_the_result_is_what_geo4d_reconstruct_loads(trained, tmp_path, capsys):
-    video, = write_synthetic_videos(tmp_path, [5], n_frames=20, height=32, width=48)
+    """…at the trained size, from a video of another size: the evaluation brings the video's ground truth
+    to the network's pixels (through the framing) instead of stopping at the size mismatch."""
+    from storage.store import Store
+
+    video, = write_synthetic_videos(tmp_path, [5], n_frames=20, height=48, width=64)
     final = trained / "final"
     rc = main(["reconstruct", str(video), "--store", str(tmp_path / "runs.zarr"), "--predictor", "geo4d",
                "--config", str(final / "config.yaml"), "--checkpoint", str(final / "model.ckpt"),
                "--pointmap-vae", str(final / "vae.ckpt"), "--clip-cache", str(final / "context-cache"),
                "--image-size", "32x48", "--device", "cpu", "--no-report"])
     assert rc == 0, capsys.readouterr()
+    store = Store(tmp_path / "runs.zarr")
+    vid, = store.video_ids()
+    record = store.stage_record(vid, "evaluate")
+    assert "48×64 to the network's 32×48" in record["ground_truth"] and record["metrics"]["abs_rel"] > 0
     assert "SYNTHETIC STAND-IN" in (final / "README.txt").read_text()
 
 

@@ -18,7 +18,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     curation = _curation(args)
     store = Store(args.store, mode="r")
     if args.dry_run:
-        return _dry_run(store, args, curation)
+        return _dry_run(store, args, curation, formats)
     checked: dict[str, str | None] = {}  # each video's damage check, made once for all formats
     skipped = 0
     if "zarr" in formats:
@@ -26,7 +26,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     shards = _export_webdataset(store, args, checked, curation) if "webdataset" in formats else None
     others = [f for f in formats if f not in ("zarr", "webdataset")]
     if others:
-        skipped += _export_formats(store, args, others, options, checked)
+        skipped += _export_formats(store, args, others, options, checked, curation)
     _write_card(store, args, checked, curation, formats, shards)
     return 1 if skipped else 0
 
@@ -51,12 +51,14 @@ def _plans(store, args: argparse.Namespace, checked: dict, curation):
                       lambda v: _damage(store, v, checked))
 
 
-def _dry_run(store, args: argparse.Namespace, curation) -> int:
+def _dry_run(store, args: argparse.Namespace, curation, formats: list[str]) -> int:
+    """The plan, shot by shot, with what each format would get (the same shots for every format)."""
     from storage.curation import dry_run_lines
 
     plans, not_fused = _plans(store, args, {}, curation)
     print(f"filter: {curation.where.text}" + (f" (from {curation.filter_file})" if curation.filter_file else ""))
-    for line in dry_run_lines(plans, not_fused):
+    sampling = {"unit": args.sample_unit, "clip_frames": args.clip_frames, "stride": args.clip_stride or args.clip_frames}
+    for line in dry_run_lines(plans, not_fused, formats, sampling):
         print(line)
     return 0
 
@@ -81,16 +83,20 @@ def _export_zarr(store, args: argparse.Namespace, checked: dict, curation) -> in
 
 
 def _export_webdataset(store, args: argparse.Namespace, checked: dict, curation) -> dict:
-    """The training shards of the kept shots (``OUTDIR/webdataset/``); the card's entry."""
+    """The training shards of the kept shots, one shard set per split (``OUTDIR/webdataset/<split>/``);
+    the card's entry."""
     from storage.curation import export_webdataset
     from storage.export import _provenance
 
     plans, _ = _plans(store, args, checked, curation)
     out = export_webdataset(store, args.outdir, plans, unit=args.sample_unit, clip_frames=args.clip_frames,
                             stride=args.clip_stride or args.clip_frames, target_bytes=int(args.shard_mib * (1 << 20)),
-                            seed=args.shard_seed,
+                            seed=args.shard_seed, splits=list(curation.splits),
                             provenance=lambda v: _provenance(store, v, store.stage_record(v, "fuse") or {}))
-    print(f"webdataset: {out['samples']} sample(s) in {out['shards']} shard(s) in {args.outdir}/webdataset/")
+    parts = [f"{name} {e['samples']} sample(s) in {e['shards']} shard(s) → {args.outdir}/{e['path']}/"
+             for name, e in out["splits"].items()]
+    print(f"webdataset: {out['samples']} sample(s) in {out['shards']} shard(s)" + (": " if parts else "")
+          + "; ".join(parts))
     return out
 
 
@@ -101,19 +107,21 @@ def _write_card(store, args: argparse.Namespace, checked: dict, curation, format
     print(f"dataset card: {write_export_card(store, args.outdir, plans, curation, formats, shards)}")
 
 
-def _export_formats(store, args: argparse.Namespace, formats: list[str], options, checked: dict) -> int:
-    """The standard formats, per export unit (a video of one shot, or each shot of a video of
-    several: ``<video_id>-shot<k>``); one line per unit and format, then one per format; returns the
-    number of damaged (unit, format) exports skipped."""
+def _export_formats(store, args: argparse.Namespace, formats: list[str], options, checked: dict, curation) -> int:
+    """The standard formats, per kept shot (a video of one shot, or each shot of a video of several:
+    ``<video_id>-shot<k>``) — the shots the curation keeps, as in the Zarr dataset; one line per unit
+    and format, then one per format; returns the number of damaged (unit, format) exports skipped."""
     from storage.export import export_formats
 
     rows = export_formats(store, args.outdir, formats, video_ids=args.videos or None, overwrite=args.overwrite,
-                          options=options, progress=print, checked=checked)
+                          options=options, progress=print, checked=checked, curation=curation)
     for fmt in formats:
         mine = [r for r in rows if r["format"] == fmt]
         done = sum(r["status"] in ("exported", "kept") for r in mine)
         damaged = [r for r in mine if r["status"] == "damaged"]
+        dropped = sum(r["status"] == "dropped" for r in mine)
         print(f"{fmt}: {done} export unit(s) (video or shot) in {args.outdir}/{fmt}/"
+              + (f"; {dropped} shot(s) left out by the curation" if dropped else "")
               + (f"; {len(damaged)} damaged export(s) skipped" if damaged else ""))
         for r in damaged:
             print(f"  SKIPPED {r['unit']} {fmt}: {r['reason']}")
@@ -126,8 +134,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "damaged videos are skipped (exit 1)",
                        description="Layouts: docs/dataset.md (zarr: OUTDIR/index.parquet, OUTDIR/videos/<id>.zarr) "
                                    "and docs/exports/ (the others: OUTDIR/<format>/<video_id>/, or <video_id>-shot<k>/ "
-                                   "per shot of a video with several). Every unit and format is written under a "
-                                   "temporary name and renamed when complete.")
+                                   "per shot of a video with several; webdataset: OUTDIR/webdataset/<split>/). Every "
+                                   "format gets the same shots, those --where (or the default filter) and --max-shots "
+                                   "keep (docs/curation.md). Every unit and format is written under a temporary name "
+                                   "and renamed when complete.")
     p.add_argument("store", help="the reconstruction store (path or URL)")
     p.add_argument("outdir", help="output directory (created if missing)")
     p.add_argument("--format", action="append", metavar="FORMAT",
@@ -171,4 +181,5 @@ def _register_curation(p: argparse.ArgumentParser) -> None:
                    help="--format webdataset: first frames of clips this far apart (default: --clip-frames)")
     g.add_argument("--shard-mib", type=float, default=256.0,
                    help="--format webdataset: target shard size in MiB (default 256)")
-    g.add_argument("--shard-seed", type=int, default=0, help="--format webdataset: seed of the shuffle (default 0)")
+    g.add_argument("--shard-seed", type=int, default=0,
+                   help="--format webdataset: seed of the shuffle within each split (default 0)")

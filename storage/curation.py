@@ -4,15 +4,18 @@ An export's units are shots (:mod:`geo4d.shots`). :func:`plan_shots` decides for
 chosen fused videos: exported (with its split), or dropped with one reason — ``damaged: …`` (the
 video's frames or fused arrays), ``skipped: …`` (the shot was too short to reconstruct), ``filter:
 <clause> (<values>)`` (the ``--where`` filter, :mod:`geo4d.curation`), or ``max_shots`` (past
-``--max-shots``, in the order of video id and shot). :func:`dry_run_lines` says it all without
-writing anything; :func:`export_webdataset` writes the kept shots as training shards
-(:mod:`storage.shards`) and :func:`write_export_card` the dataset card (:mod:`storage.dataset_card`).
+``--max-shots``, in the order of video id and shot). Every format of one export writes the same
+kept shots, the plan's (Zarr, webdataset and the standard formats of :func:`storage.export.export_formats`).
+:func:`dry_run_lines` says it all, per format, without writing anything; :func:`export_webdataset`
+writes the kept shots as training shards, one shard set per split (:mod:`storage.shards`), and
+:func:`write_export_card` the dataset card (:mod:`storage.dataset_card`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping
+import shutil
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,13 +24,14 @@ import numpy as np
 
 from geo4d.cameras import invert_pose
 from geo4d.curation import DEFAULT_SPLITS, ShotFilter, assign_split, load_where
+from geo4d.errors import InputError
 from geo4d.quality import SCORE_NAMES, skipped_scores
 from storage.store import Store
 
 __all__ = ["Curation", "ShotPlan", "plan_shots", "dry_run_lines", "drop_counts", "export_webdataset",
-           "write_export_card", "WEBDATASET_DIR"]
+           "webdataset_sample_refs", "write_export_card", "WEBDATASET_DIR"]
 
-#: Folder of the training shards inside an export.
+#: Folder of the training shards inside an export: one shard set per split, ``webdataset/<split>/``.
 WEBDATASET_DIR = "webdataset"
 
 
@@ -41,6 +45,12 @@ class Curation:
     splits: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_SPLITS))
     split_seed: int = 0
     max_shots: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in self.splits:  # a split names a folder of the webdataset shards
+            if not name or name.startswith(".") or any(c in name for c in "/\\"):
+                raise InputError(f"--split: split name {name!r} must be a plain folder name "
+                                 "(no '/', not starting with '.')")
 
 
 @dataclass
@@ -61,6 +71,12 @@ class ShotPlan:
     @property
     def zarr_path(self) -> str:
         return f"videos/{self.video_id}-shot{self.shot}.zarr" if self.multi else f"videos/{self.video_id}.zarr"
+
+    @property
+    def unit(self) -> str:
+        """The shot's directory name in the standard formats: ``<video_id>-shot<k>``, or the video id
+        for a video of one shot (as its Zarr)."""
+        return f"{self.video_id}-shot{self.shot}" if self.multi else self.video_id
 
     @property
     def n_frames(self) -> int:
@@ -129,15 +145,52 @@ def drop_counts(plans: list[ShotPlan]) -> dict[str, int]:
     return dict(sorted(Counter(_reason_kind(p.reason) for p in plans if p.reason).items()))
 
 
-def dry_run_lines(plans: list[ShotPlan], not_fused: list[str]) -> list[str]:
-    """What an export would write and why the rest would not: one line per shot, then the counts."""
-    lines = [f"would export {p.label()} → {p.zarr_path} [{p.split}]" if p.reason is None
+def _targets(p: ShotPlan, formats: Sequence[str], samples: Mapping[tuple[str, int], int]) -> str:
+    """Where each format would write the kept shot ``p`` (paths relative to the export)."""
+    out = []
+    for fmt in formats:
+        if fmt == "zarr":
+            out.append(f"zarr {p.zarr_path}")
+        elif fmt == "webdataset":
+            out.append(f"webdataset {WEBDATASET_DIR}/{p.split}/ ({samples.get((p.video_id, p.shot), 0)} sample(s))")
+        else:
+            out.append(f"{fmt} {fmt}/{p.unit}/")
+    return ", ".join(out)
+
+
+def _format_totals(kept: list[ShotPlan], formats: Sequence[str], samples: Mapping[tuple[str, int], int]) -> list[str]:
+    """One line per format: what it would get (the same shots for all; webdataset per split)."""
+    lines = []
+    for fmt in formats:
+        if fmt != "webdataset":
+            where = "videos/" if fmt == "zarr" else f"{fmt}/"
+            lines.append(f"  {fmt}: {len(kept)} shot(s) → {where}")
+            continue
+        per = Counter()
+        for p in kept:
+            per[p.split] += samples.get((p.video_id, p.shot), 0)
+        parts = [f"{name} {n} sample(s) → {WEBDATASET_DIR}/{name}/" for name, n in sorted(per.items()) if n]
+        lines.append(f"  webdataset: {sum(per.values())} sample(s) of {len(kept)} shot(s)"
+                     + (f": {', '.join(parts)}" if parts else "") + " (empty splits: no folder)")
+    return lines
+
+
+def dry_run_lines(plans: list[ShotPlan], not_fused: list[str], formats: Sequence[str] = ("zarr",),
+                  sampling: Mapping[str, Any] | None = None) -> list[str]:
+    """What an export in ``formats`` would write and why the rest would not: one line per shot (the
+    kept ones with where each format would put them), then the counts per format, reason and split.
+    ``sampling``: the webdataset samples' ``unit``, ``clip_frames``, ``stride``
+    (:func:`webdataset_sample_refs`)."""
+    kept = [p for p in plans if p.reason is None]
+    samples = {(p.video_id, p.shot): len(webdataset_sample_refs(p, **dict(sampling or {})))
+               for p in kept} if "webdataset" in formats else {}
+    lines = [f"would export {p.label()} [{p.split}] → {_targets(p, formats, samples)}" if p.reason is None
              else f"would drop {p.label()}: {p.reason}" for p in plans]
     lines += [f"would skip {v}: fuse stage not complete" for v in not_fused]
-    kept = [p for p in plans if p.reason is None]
     lines.append(f"{len(kept)} of {len(plans)} shot(s) would be exported "
-                 f"({len({p.video_id for p in kept})} video(s), {sum(p.n_frames for p in kept)} frames); "
-                 "nothing written (--dry-run)")
+                 f"({len({p.video_id for p in kept})} video(s), {sum(p.n_frames for p in kept)} frames), "
+                 f"the same shots in every format; nothing written (--dry-run)")
+    lines += _format_totals(kept, formats, samples)
     lines += [f"  dropped {n}: {why}" for why, n in drop_counts(plans).items()]
     splits = Counter(p.split for p in kept)
     lines += [f"  split {name}: {n} shot(s)" for name, n in sorted(splits.items())]
@@ -166,36 +219,97 @@ def _load_sample(store: Store, ref, scores: dict, provenance: dict):
                        scores, provenance, first)
 
 
-def export_webdataset(store: Store, outdir: str | Path, plans: list[ShotPlan], *, unit: str = "clip",
-                      clip_frames: int = 16, stride: int = 16, target_bytes: int = 256 << 20, seed: int = 0,
-                      provenance: Callable[[str], dict] | None = None) -> dict[str, Any]:
-    """The kept shots as webdataset tar shards in ``OUTDIR/webdataset/`` (:func:`storage.shards.write_shards`:
-    clips of ``clip_frames`` every ``stride`` frames, or whole shots; shuffled across shots by ``seed``).
+def webdataset_sample_refs(p: ShotPlan, *, unit: str = "clip", clip_frames: int = 16,
+                           stride: int = 16) -> list:
+    """The webdataset samples (:class:`storage.shards.SampleRef`) of the planned shot ``p``: clips of
+    ``clip_frames`` every ``stride`` frames, or the whole shot (:func:`storage.shards.shot_samples`)."""
+    from storage.shards import shot_samples
 
-    Returns:
-        the card's ``webdataset`` entry plus ``samples`` (how many were written).
-    """
-    from storage.shards import shot_samples, write_shards
+    return shot_samples(p.video_id, p.shot, p.n_frames, unit=unit, clip_frames=clip_frames, stride=stride,
+                        shot_start=p.start)
 
-    kept = [p for p in plans if p.reason is None]
+
+def _split_order(kept: list[ShotPlan], splits: Sequence[str] | None) -> list[str]:
+    """The splits holding kept shots: in the curation's order, then any others by name."""
+    present = {p.split for p in kept}
+    order = [s for s in (splits or ()) if s in present]
+    return order + sorted(present - set(order))
+
+
+def _write_split(store: Store, root: Path, split: str, kept: list[ShotPlan], sampling: dict, target_bytes: int,
+                 seed: int, provenance: Callable[[str], dict]) -> dict | None:
+    """One split's shard set ``root/<split>/`` (shuffled within the split by ``seed``); its card entry,
+    or None (and no folder) when its shots give no sample."""
+    from storage.shards import write_shards
+
     refs, info = [], {}
     for p in kept:
-        for ref in shot_samples(p.video_id, p.shot, p.n_frames, unit=unit, clip_frames=clip_frames, stride=stride,
-                                shot_start=p.start):
+        for ref in webdataset_sample_refs(p, **sampling):
             refs.append(ref)
             info[ref.key] = p
-    prov = provenance or (lambda vid: {"video_id": vid})
+    if not refs:
+        return None
 
     def load(ref):
         p = info[ref.key]
-        return _load_sample(store, ref, {**p.scores, "split": p.split}, prov(p.video_id))
+        return _load_sample(store, ref, {**p.scores, "split": p.split}, provenance(p.video_id))
 
-    meta = {"unit": unit, "clip_frames": clip_frames if unit == "clip" else None,
-            "stride": stride if unit == "clip" else None}
-    shards = write_shards(refs, Path(outdir) / WEBDATASET_DIR, load=load, target_bytes=target_bytes, seed=seed,
-                          meta=meta)
-    return {"unit": unit, "clip_frames": meta["clip_frames"], "stride": meta["stride"], "shards": len(shards),
-            "target_bytes": int(target_bytes), "seed": int(seed), "path": WEBDATASET_DIR, "samples": len(refs)}
+    clips = sampling["unit"] == "clip"
+    meta = {"unit": sampling["unit"], "split": split, "clip_frames": sampling["clip_frames"] if clips else None,
+            "stride": sampling["stride"] if clips else None}
+    shards = write_shards(refs, root / split, load=load, target_bytes=target_bytes, seed=seed, meta=meta)
+    return {"shards": len(shards), "samples": len(refs), "shots": len(kept), "path": f"{WEBDATASET_DIR}/{split}"}
+
+
+def _remove_stale_shards(root: Path, keep: set[str]) -> None:
+    """Remove the shard sets of an earlier export that this one did not write: the flat layout (shards
+    directly in ``webdataset/``, before shards per split; manifest first) and the folders of splits
+    now empty (those with a ``shards.json``: a shard set, nothing else)."""
+    from storage.shards import SHARDS_MANIFEST
+
+    if (root / SHARDS_MANIFEST).is_file():
+        (root / SHARDS_MANIFEST).unlink()
+        for old in root.glob("shard-[0-9][0-9][0-9][0-9][0-9][0-9].tar"):
+            old.unlink()
+    for d in root.iterdir():
+        if d.is_dir() and d.name not in keep and (d / SHARDS_MANIFEST).is_file():
+            (d / SHARDS_MANIFEST).unlink()  # a reader starting from it sees no set while it goes
+            shutil.rmtree(d)
+
+
+def export_webdataset(store: Store, outdir: str | Path, plans: list[ShotPlan], *, unit: str = "clip",
+                      clip_frames: int = 16, stride: int = 16, target_bytes: int = 256 << 20, seed: int = 0,
+                      provenance: Callable[[str], dict] | None = None,
+                      splits: Sequence[str] | None = None) -> dict[str, Any]:
+    """The kept shots as webdataset tar shards, one shard set per split: ``OUTDIR/webdataset/<split>/``
+    with ``shard-NNNNNN.tar`` and its own ``shards.json`` (:func:`storage.shards.write_shards`: clips of
+    ``clip_frames`` every ``stride`` frames, or whole shots; shuffled within the split by ``seed``). A
+    split without samples has no folder; shard sets of an earlier export that this one does not
+    write (a now empty split, the former single set in ``webdataset/``) are removed. ``splits``: the
+    curation's split names, for the order of the entry (default: by name).
+
+    Returns:
+        the card's ``webdataset`` entry (``splits``: split → shards, samples, shots, path; ``shards``
+        the total) plus ``samples`` (how many were written in all).
+    """
+    kept = [p for p in plans if p.reason is None]
+    prov = provenance or (lambda vid: {"video_id": vid})
+    sampling = {"unit": unit, "clip_frames": clip_frames, "stride": stride}
+    root = Path(outdir) / WEBDATASET_DIR
+    if root.exists() and not root.is_dir():
+        raise InputError(f"{root}: exists and is not a directory")
+    root.mkdir(parents=True, exist_ok=True)
+    per_split = {}
+    for name in _split_order(kept, splits):
+        entry = _write_split(store, root, name, [p for p in kept if p.split == name], sampling, int(target_bytes),
+                             seed, prov)
+        if entry is not None:
+            per_split[name] = entry
+    _remove_stale_shards(root, set(per_split))
+    return {"unit": unit, "clip_frames": clip_frames if unit == "clip" else None,
+            "stride": stride if unit == "clip" else None, "shards": sum(e["shards"] for e in per_split.values()),
+            "target_bytes": int(target_bytes), "seed": int(seed), "path": WEBDATASET_DIR, "splits": per_split,
+            "samples": sum(e["samples"] for e in per_split.values())}
 
 
 # ---- dataset card ----------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ field                  what
 ``code``               package version (importlib.metadata) and git commit when the code is a git
                        checkout (best effort: None otherwise, never an error)
 ``formats``            the export formats written (``zarr``, ``webdataset``, …)
-``webdataset``         shards: unit, clip frames and stride, shards, target size, seed (or None)
+``webdataset``         shards: unit, clip frames and stride, shards (in all), target size, seed, and
+                       ``splits``: split → its shard set ``webdataset/<split>/`` (shards, samples,
+                       shots, path; a split without samples has none) (or None)
 =====================  ===========================================================================
 
 ``DATASET.md`` names every kept/dropped reason and every score, embeds the histogram figure, and has a
@@ -45,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from geo4d.errors import InputError
 
 __all__ = ["DatasetInfo", "SourceInfo", "Counts", "SplitInfo", "FilterInfo", "ScoreDistribution", "PredictorInfo",
-           "CodeVersion", "WebDatasetInfo", "score_distribution", "score_distributions", "code_version",
+           "CodeVersion", "WebDatasetInfo", "WebDatasetSplit", "score_distribution", "score_distributions", "code_version",
            "write_dataset_card", "read_dataset_card", "render_markdown", "CARD_MD", "CARD_JSON", "CARD_FIGURE"]
 
 CARD_MD = "DATASET.md"
@@ -127,16 +129,26 @@ class CodeVersion(_Model):
     git_commit: str | None = None
 
 
+class WebDatasetSplit(_Model):
+    """One split's shard set: ``<path>/shard-NNNNNN.tar`` and ``<path>/shards.json``."""
+
+    shards: int = Field(ge=0)
+    samples: int = Field(ge=0)
+    shots: int | None = Field(None, ge=0)
+    path: str = Field(description="folder of the split's shards, relative to the export")
+
+
 class WebDatasetInfo(_Model):
-    """The training shards, when ``--format webdataset``."""
+    """The training shards, when ``--format webdataset``: one shard set per split."""
 
     unit: str = Field(description="'clip' or 'shot'")
     clip_frames: int | None = None
     stride: int | None = None
-    shards: int = Field(ge=0)
+    shards: int = Field(ge=0, description="shards in all splits")
     target_bytes: int = Field(ge=1)
-    seed: int = 0
-    path: str = Field("webdataset", description="folder of the shards, relative to the export")
+    seed: int = Field(0, description="seed of the shuffle within each split")
+    path: str = Field("webdataset", description="folder of the split folders, relative to the export")
+    splits: dict[str, WebDatasetSplit] = Field(default_factory=dict, description="split → its shard set")
 
 
 def _now() -> str:
@@ -282,7 +294,8 @@ _WDS_SNIPPET = '''```python
 import json
 import webdataset as wds
 
-root = "{root}/{path}"
+split = "{split}"                                               # one of: {splits}
+root = "{root}/{path}/" + split                                 # each split its own shards.json
 shards = [f"{{root}}/{{s['name']}}" for s in json.load(open(f"{{root}}/shards.json"))["shards"]]
 dataset = wds.WebDataset(shards, shardshuffle=False).decode()   # add .shuffle(1000) for training
 for sample in dataset:
@@ -302,11 +315,22 @@ def _md_loading(info: DatasetInfo, root: str) -> list[str]:
         lines += ["Zarr (one group per exported shot, read lazily with dask; see docs/dataset.md):", "",
                   _ZARR_SNIPPET.format(root=root), ""]
     if info.webdataset is not None:
-        w = info.webdataset
-        unit = f"{w.clip_frames}-frame clips every {w.stride} frames" if w.unit == "clip" else "whole shots"
-        lines += [f"webdataset ({w.shards} shards of about {w.target_bytes / (1 << 20):.0f} MiB, samples: {unit}, "
-                  f"shuffled across shots with seed {w.seed}):", "", _WDS_SNIPPET.format(root=root, path=w.path), ""]
+        lines += _md_webdataset(info.webdataset, root)
     return lines
+
+
+def _md_webdataset(w: WebDatasetInfo, root: str) -> list[str]:
+    """The shard sets per split (a table) and the snippet reading one (``train`` when there is one)."""
+    unit = f"{w.clip_frames}-frame clips every {w.stride} frames" if w.unit == "clip" else "whole shots"
+    lines = [f"webdataset: one shard set per split, `{w.path}/<split>/` ({w.shards} shards in all, of about "
+             f"{w.target_bytes / (1 << 20):.0f} MiB; samples: {unit}; shuffled within each split with seed "
+             f"{w.seed}):", "", "| split | shards | samples | folder |", "| --- | ---: | ---: | --- |"]
+    lines += [f"| {k} | {s.shards} | {s.samples} | `{s.path}/` |" for k, s in w.splits.items()]
+    if not w.splits:
+        lines += ["| (none: no samples) | 0 | 0 | – |"]
+    split = "train" if "train" in w.splits else next(iter(w.splits), "train")
+    names = ", ".join(w.splits) or "none"
+    return lines + ["", _WDS_SNIPPET.format(root=root, path=w.path, split=split, splits=names), ""]
 
 
 def render_markdown(info: DatasetInfo, root: str = ".") -> str:

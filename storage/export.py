@@ -21,8 +21,11 @@ reconstructed shot of a video of several as ``OUTDIR/<format>/<video_id>-shot<k>
 its own world frame and scale, so they never share a file) — by the pure writers of
 :mod:`geo4d.formats`, each staged in ``<unit>.partial`` and renamed when complete, with an
 ``export.json`` sidecar (provenance, the fused result it came from, the shot, options); damaged
-videos are skipped the same way (no index: the caller reports them). Shots too short to reconstruct
-have no geometry and are left out; the ``--where`` filter chooses the dataset's shots only.
+videos are skipped the same way (no index: the caller reports them). Every format of one export
+holds the same shots: those the curation keeps (:func:`storage.curation.plan_shots`: the ``--where``
+filter or the default one, ``--max-shots``; shots too short to reconstruct have no geometry), so a
+shot the filter drops as corrupted reaches no format; an earlier export of a shot now dropped is
+removed, so ``OUTDIR/<format>/`` holds exactly the kept shots of the chosen videos.
 """
 
 from __future__ import annotations
@@ -263,8 +266,9 @@ def _export_video(store: Store, p: ShotPlan, out: Path) -> dict:
 
 # ---- standard formats (docs/exports/) ---------------------------------------------------------------
 #: ``geo4d export --format`` choices: ``zarr`` the dataset above, ``webdataset`` training shards of the
-#: same shots (:func:`storage.curation.export_webdataset`), the others one directory per export unit
-#: and format, ``OUTDIR/<format>/<video_id>/`` (``<video_id>-shot<k>`` per shot of a multi-shot video).
+#: same shots (:func:`storage.curation.export_webdataset`, one shard set per split), the others one
+#: directory per kept shot and format, ``OUTDIR/<format>/<video_id>/`` (``<video_id>-shot<k>`` per shot
+#: of a multi-shot video) — every format the same kept shots (:func:`storage.curation.plan_shots`).
 EXPORT_FORMATS = ("zarr", "colmap", "nerfstudio", "tum", "ply", "glb", "depth", "webdataset")
 #: Default point budget (whole video) of the formats holding a point cloud (geo4d.formats.points).
 POINT_BUDGETS = {"colmap": 100_000, "nerfstudio": 100_000, "ply": 1_000_000, "glb": 200_000}
@@ -359,9 +363,10 @@ class _Unit:
 
 
 def format_units(store: Store, video_id: str) -> list[_Unit]:
-    """The units a fused video is exported as in the standard formats: the video itself when it has
-    one shot (:func:`geo4d.shots.is_single_shot`), else each reconstructed shot as
-    ``<video_id>-shot<k>`` (the Zarr dataset's units, :class:`storage.curation.ShotPlan`)."""
+    """The units a fused video can be exported as in the standard formats, before curation: the video
+    itself when it has one shot (:func:`geo4d.shots.is_single_shot`), else each reconstructed shot as
+    ``<video_id>-shot<k>`` (the Zarr dataset's units, :attr:`storage.curation.ShotPlan.unit`;
+    :func:`export_formats` writes those of them the curation keeps)."""
     shots = store.read_shots(video_id)
     if is_single_shot(shots, store.video_info(video_id).n_frames):
         return [_Unit(video_id, None)]
@@ -532,43 +537,89 @@ def _describe(summary: dict) -> str:
 def export_formats(store: Store, outdir: str | Path, formats: list[str], video_ids: list[str] | None = None,
                    overwrite: bool = False, options: ExportOptions | None = None,
                    progress: Callable[[str], None] | None = None,
-                   checked: dict[str, str | None] | None = None) -> list[dict]:
-    """Export each fused video (or ``video_ids``) in each of ``formats`` (not ``zarr``: see
-    :func:`export_dataset`) to ``OUTDIR/<format>/<unit>/`` per export unit (:func:`format_units`: the
-    video, or ``<video_id>-shot<k>`` per reconstructed shot of a multi-shot video); one progress
-    line per unit and format.
+                   checked: dict[str, str | None] | None = None, curation: Curation | None = None) -> list[dict]:
+    """Export the shots of the fused videos (or of ``video_ids``) that ``curation`` keeps (default:
+    :class:`storage.curation.Curation`, the default filter — the plan of
+    :func:`storage.curation.plan_shots`, the same as the Zarr dataset's and the webdataset's) in each
+    of ``formats`` (not ``zarr``: see :func:`export_dataset`) to ``OUTDIR/<format>/<unit>/`` per kept
+    shot (:attr:`storage.curation.ShotPlan.unit`: the video id for a video of one shot, else
+    ``<video_id>-shot<k>``); one progress line per unit and format, one per dropped shot.
 
     Like the dataset: videos not fused are skipped; an export from the same fused result with the same
     options is kept unless ``overwrite``; a damaged video (:func:`damage_reason`, ``checked`` as there)
-    is skipped and nothing of it written (an earlier export of it stays as it was).
+    is skipped and nothing of it written (an earlier export of it stays as it was). A shot the
+    curation drops is not written, and an earlier export of it (a directory with an ``export.json``)
+    is removed.
 
     Returns:
-        one row per unit and format: ``video_id``, ``unit`` (its directory name), ``shot`` (None for
-        a video of one shot), ``format``, ``status`` (exported, kept, not fused, damaged), ``path``
-        (or None), ``reason`` (damaged: why), ``summary`` (exported: what was written).
+        one row per planned shot (or video not fused) and format: ``video_id``, ``unit`` (its directory
+        name), ``shot`` (None for a video of one shot), ``format``, ``status`` (exported, kept,
+        dropped, not fused, damaged), ``path`` (or None), ``reason`` (damaged, dropped: why),
+        ``summary`` (exported: what was written).
     """
     say, opts, out = progress or (lambda _m: None), options or ExportOptions(), Path(outdir)
     unknown = [f for f in formats if f not in _WRITERS]
     if unknown:
         raise InputError(f"--format: {unknown[0]!r} is not a per-video format (choose from {', '.join(_WRITERS)})")
+    plans, not_fused = plan_shots(store, _chosen_videos(store, video_ids), curation or Curation(),
+                                  lambda v: _damage(store, v, checked))
     rows: list[dict] = []
-    for vid in _chosen_videos(store, video_ids):
-        rec = store.stage_record(vid, "fuse") or {}
-        if rec.get("status") not in ("complete", "damaged"):
+    for vid in not_fused:
+        for fmt in formats:
+            say(f"skip {vid} {fmt}: fuse stage not complete")
+            rows.append(_row(vid, fmt, "not fused"))
+    for vid in dict.fromkeys(p.video_id for p in plans):
+        rows += _export_video_plans(store, [p for p in plans if p.video_id == vid], formats, out, opts, overwrite, say)
+    return rows
+
+
+def _plan_unit(p: ShotPlan) -> _Unit:
+    """The export unit of a planned shot (``shot`` None: the whole video of one shot)."""
+    return _Unit(p.unit, Shot(p.shot, p.start, p.end) if p.multi else None)
+
+
+def _export_video_plans(store: Store, plans: list[ShotPlan], formats: list[str], out: Path, opts: ExportOptions,
+                        overwrite: bool, say: Callable[[str], None]) -> list[dict]:
+    """The planned shots of one video in every format: damaged (all skipped), dropped by the curation
+    (not written; an earlier export removed), kept from an earlier export, or written (read once)."""
+    vid, rec = plans[0].video_id, plans[0].fuse_record
+    rows, todo = [], []
+    for p in plans:
+        unit = _plan_unit(p)
+        if p.reason is not None and p.reason.startswith("damaged: "):
             for fmt in formats:
-                say(f"skip {vid} {fmt}: fuse stage not complete")
-                rows.append(_row(vid, fmt, "not fused"))
-            continue
-        todo = []
-        for unit in format_units(store, vid):
+                say(f"skip {unit.name} {fmt}: damaged, not exported: {p.reason.removeprefix('damaged: ')}")
+                rows.append(_row(vid, fmt, "damaged", reason=p.reason, unit=unit))
+        elif p.reason is not None:
+            rows += _drop_unit(out, vid, formats, unit, p.reason, say)
+        else:
             for fmt in formats:
                 if not overwrite and _kept(out, fmt, unit.name, rec, opts):
                     say(f"keep {unit.name} {fmt}: already exported from the same fused result → {out / fmt / unit.name}")
                     rows.append(_row(vid, fmt, "kept", out / fmt / unit.name, unit=unit))
                 else:
                     todo.append((unit, fmt))
-        if todo:
-            rows += _export_video_formats(store, vid, rec, todo, out, opts, checked, say)
+    if todo:
+        rows += _export_video_formats(store, vid, rec, todo, out, opts, say)
+    return rows
+
+
+def _drop_unit(out: Path, vid: str, formats: list[str], unit: _Unit, reason: str,
+               say: Callable[[str], None]) -> list[dict]:
+    """A shot the curation drops: one line, no format written; an earlier export of it (a directory
+    with our ``export.json``) is removed, so each format holds exactly the kept shots."""
+    say(f"drop {unit.name}: {reason} (not written in {', '.join(formats)})")
+    rows = []
+    for fmt in formats:
+        dest = out / fmt / unit.name
+        if (dest / SIDECAR).is_file():
+            old = dest.with_name(dest.name + ".old")
+            if old.exists():
+                shutil.rmtree(old)
+            dest.rename(old)  # gone from its name at once, then deleted
+            shutil.rmtree(old)
+            say(f"  removed the earlier {fmt} export of {unit.name} ({dest})")
+        rows.append(_row(vid, fmt, "dropped", reason=reason, unit=unit))
     return rows
 
 
@@ -580,17 +631,14 @@ def _row(vid: str, fmt: str, status: str, path: Path | None = None, reason: str 
 
 
 def _export_video_formats(store: Store, vid: str, rec: dict, todo: list[tuple[_Unit, str]], out: Path,
-                          opts: ExportOptions, checked: dict[str, str | None] | None,
-                          say: Callable[[str], None]) -> list[dict]:
-    """Check ``vid`` once, read it once, write each (unit, format) of ``todo`` (or skip them all as
-    damaged)."""
-    reason = _damage(store, vid, checked)
-    data = None
-    if reason is None:
-        try:
-            data = _read_video(store, vid, rec)
-        except StoreError as exc:  # damaged between the check and the read
-            reason = str(exc)
+                          opts: ExportOptions, say: Callable[[str], None]) -> list[dict]:
+    """Read ``vid`` once (its damage was checked by the plan), write each (unit, format) of ``todo``
+    (or skip them all as damaged when a chunk went bad since the check)."""
+    data, reason = None, None
+    try:
+        data = _read_video(store, vid, rec)
+    except StoreError as exc:  # damaged between the check and the read
+        reason = str(exc)
     rows = []
     for unit, fmt in todo:
         if data is None:

@@ -31,7 +31,9 @@ def _info(**kw) -> dict:
             "predictor": {"name": "synthetic (test instrument)", "synthetic": True, "checkpoint_fingerprint": "abc123",
                           "dtype": "float32", "fs": 10, "image_size": [64, 96], "sampler_steps": 5},
             "formats": ["zarr", "webdataset"],
-            "webdataset": {"unit": "clip", "clip_frames": 16, "stride": 16, "shards": 2, "target_bytes": 1 << 20},
+            "webdataset": {"unit": "clip", "clip_frames": 16, "stride": 16, "shards": 3, "target_bytes": 1 << 20,
+                           "splits": {"train": {"shards": 2, "samples": 60, "shots": 24, "path": "webdataset/train"},
+                                      "val": {"shards": 1, "samples": 15, "shots": 6, "path": "webdataset/val"}}},
             **kw}
 
 
@@ -55,6 +57,8 @@ def test_markdown_names_every_reason_and_score_and_says_synthetic(tmp_path):
         assert f"`{score}`" in text
     assert "SYNTHETIC" in text and "window_agreement < 0.05" in text and "abc123" in text
     assert "import webdataset as wds" in text and "da.from_zarr" in text
+    assert "| train | 2 | 60 | `webdataset/train/` |" in text and "| val | 1 | 15 | `webdataset/val/` |" in text
+    assert "shuffled within each split" in text
     zarr_only = _info(webdataset=None, formats=["zarr"], counts={"videos": 4, "shots": 30, "frames": 1200})
     no_wds = write_dataset_card(tmp_path / "z", zarr_only)[0].read_text()
     assert "webdataset" not in no_wds and "SYNTHETIC" in no_wds
@@ -80,19 +84,40 @@ def test_distribution_statistics():
     assert score_distribution([None]).n == 0
 
 
-def test_runnable_webdataset_snippet(tmp_path):
-    from storage.shards import SampleRef, ShardSample, write_shards
+def _sample(vid: str, V: int, score: float):
+    from storage.shards import SampleRef, ShardSample
 
-    V = 4
-    s = ShardSample(SampleRef("v", 0, 0, V), np.zeros((V, 8, 8, 3), np.uint8), np.ones((V, 8, 8)),
-                    np.ones((V, 8, 8)), np.repeat(np.eye(3)[None], V, 0), np.repeat(np.eye(4)[None], V, 0),
-                    {"window_agreement": 0.01})
-    write_shards([s], tmp_path / "webdataset")
+    return ShardSample(SampleRef(vid, 0, 0, V), np.zeros((V, 8, 8, 3), np.uint8), np.ones((V, 8, 8)),
+                       np.ones((V, 8, 8)), np.repeat(np.eye(3)[None], V, 0), np.repeat(np.eye(4)[None], V, 0),
+                       {"window_agreement": score})
+
+
+def test_runnable_webdataset_snippet_reads_one_split(tmp_path):
+    """The card's snippet, run on real shards laid out per split: it reads the train split's shards
+    (its own shards.json), not the other split's."""
+    from storage.shards import write_shards
+
+    write_shards([_sample("a", 4, 0.01)], tmp_path / "webdataset" / "train")
+    write_shards([_sample("b", 6, 0.02)], tmp_path / "webdataset" / "val")
     md, _ = write_dataset_card(tmp_path, _info())
     snippet = md.read_text().split("```python")[2].split("```")[0]
+    assert 'split = "train"' in snippet
     scope: dict = {}
     exec(compile(snippet, "DATASET.md", "exec"), scope)  # noqa: S102 — the card's own example
-    assert scope["frames"].shape == (V, 8, 8, 3) and scope["scores"] == {"window_agreement": 0.01}
+    assert scope["frames"].shape == (4, 8, 8, 3) and scope["scores"] == {"window_agreement": 0.01}
+    scope = {}
+    exec(compile(snippet.replace('split = "train"', 'split = "val"'), "DATASET.md", "exec"), scope)  # noqa: S102
+    assert scope["frames"].shape == (6, 8, 8, 3) and scope["scores"] == {"window_agreement": 0.02}
+
+
+def test_a_card_without_train_split_names_the_first_and_old_cards_read(tmp_path):
+    info = _info()
+    info["webdataset"]["splits"].pop("train")
+    text = write_dataset_card(tmp_path, info)[0].read_text()
+    assert 'split = "val"' in text and "# one of: val" in text
+    old = _info()
+    old["webdataset"].pop("splits")  # a card written before shards per split
+    assert DatasetInfo.model_validate(old).webdataset.splits == {}
 
 
 def test_code_version_never_fails_and_bad_info_is_one_line(tmp_path, monkeypatch):

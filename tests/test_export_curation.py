@@ -115,19 +115,102 @@ def test_where_max_shots_and_dry_run_write_nothing(store, tmp_path, capsys):
     assert text.count("would export ") <= 1 and ("max_shots" in text or text.count("would export ") == 1)
 
 
-def test_webdataset_shards_hold_the_kept_shots(store, tmp_path, capsys):
-    from storage.shards import read_shard_samples
+def _stale_shard_sets(wds_dir):
+    """An earlier export's shard sets: the former flat layout, and a split this export leaves empty."""
+    (wds_dir / "train").mkdir(parents=True)
+    for d in (wds_dir, wds_dir / "train"):
+        (d / "shards.json").write_text('{"shards": [{"name": "shard-000000.tar"}]}')
+        (d / "shard-000000.tar").write_bytes(b"stale")
+
+
+def test_webdataset_shards_per_split(store, tmp_path, capsys):
+    """One shard set per split (webdataset/<split>/ + its shards.json), each sample in its video's split,
+    shuffled within the split by the seed; empty splits (and an earlier export's sets) have no folder;
+    the card counts each split and its snippet reads the real shards."""
+    from storage.shards import read_shard_samples, read_shards_manifest
 
     out = tmp_path / "wds"
-    assert main(["export", store.location, str(out), "--format", "webdataset", "--videos", "v0", "v1",
-                 "--clip-frames", "8", "--shard-mib", "0.5"]) == 0
-    samples = list(read_shard_samples(str(out / "webdataset" / "*.tar")))
-    assert len(samples) == 9  # 3 shots × 3 clips of 8 frames
-    s = samples[0]
-    assert s["depth"].shape[0] == 8 and np.allclose(s["world_from_cam"][0], np.eye(4), atol=1e-6)
-    assert {x["scores"]["shot"] for x in samples if x["scores"]["video_id"] == "v0"} == {0, 1}
+    _stale_shard_sets(out / "webdataset")
+    argv = ["export", store.location, str(out), "--format", "webdataset", "--videos", "v0", "v1", "v2",
+            "--clip-frames", "8", "--shard-mib", "0.5"]
+    assert main(argv) == 0
+    fractions = parse_splits(None)
+    shots = {"v0": 2, "v1": 1}  # kept shots (v2 is dropped by the default filter), each 3 clips of 8 frames
+    per_split: dict[str, int] = {}
+    split_shots: dict[str, int] = {}
+    for vid, n in shots.items():
+        split = assign_split(vid, fractions, 0)
+        per_split[split] = per_split.get(split, 0) + 3 * n
+        split_shots[split] = split_shots.get(split, 0) + n
+    root = out / "webdataset"
+    assert sorted(p.name for p in root.iterdir()) == sorted(per_split)  # no flat set, no empty split
     card = json.loads((out / "dataset.json").read_text())
-    assert card["counts"]["samples"] == 9 and "webdataset" in card["formats"]
+    keys = {}
+    for split, n in per_split.items():
+        samples = list(read_shard_samples(str(root / split)))
+        man = read_shards_manifest(root / split)
+        assert len(samples) == n == man["n_samples"] and man["split"] == split
+        assert all(assign_split(x["scores"]["video_id"], fractions, 0) == split == x["scores"]["scores"]["split"]
+                   for x in samples)
+        assert samples[0]["depth"].shape[0] == 8 and np.allclose(samples[0]["world_from_cam"][0], np.eye(4), atol=1e-6)
+        assert card["webdataset"]["splits"][split] == {"shards": man["n_shards"], "samples": n,
+                                                       "shots": split_shots[split], "path": f"webdataset/{split}"}
+        keys[split] = [x["__key__"] for x in samples]
+    assert card["counts"]["samples"] == 9 and card["webdataset"]["shards"] == sum(
+        s["shards"] for s in card["webdataset"]["splits"].values())
+    big = max(per_split, key=per_split.get)
+    snippet = (out / "DATASET.md").read_text().split("```python")[-1].split("```")[0]
+    scope: dict = {}
+    exec(compile(snippet, "DATASET.md", "exec"), scope)  # noqa: S102 — the card's own example, on real shards
+    assert scope["frames"].shape[0] == 8 and scope["split"] in per_split
+    assert main(argv + ["--shard-seed", "5"]) == 0
+    assert [x["__key__"] for x in read_shard_samples(str(root / big))] != keys[big]  # the seed sets the order
+    assert main(argv) == 0
+    assert [x["__key__"] for x in read_shard_samples(str(root / big))] == keys[big]  # … deterministically
+
+
+def test_dry_run_lists_what_each_format_would_get(store, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert main(["export", store.location, str(out), "--format", "zarr,tum,webdataset", "--clip-frames", "8",
+                 "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert not out.exists()
+    v0 = assign_split("v0", parse_splits(None), 0)
+    assert (f"would export v0 shot 1 (frames 24–47) [{v0}] → zarr videos/v0-shot1.zarr, tum tum/v0-shot1/, "
+            f"webdataset webdataset/{v0}/ (3 sample(s))") in text
+    assert "would drop v2 shot 0 (frames 0–23): filter: " in text and "tum/v2/" not in text
+    assert "  zarr: 3 shot(s) → videos/" in text and "  tum: 3 shot(s) → tum/" in text
+    assert "  webdataset: 9 sample(s) of 3 shot(s): " in text and f"webdataset/{v0}/" in text
+
+
+def test_every_format_gets_the_curations_shots(store, tmp_path, capsys):
+    """--format zarr,tum: the standard format holds exactly the shots of the index (the default
+    filter drops the corrupted v2 from both; --max-shots too), and an earlier export of a shot now
+    dropped is removed."""
+    out = tmp_path / "both"
+
+    def units():
+        kept = [r for r in _rows(out).values() if r["zarr_path"]]
+        names = sorted(r["zarr_path"].removeprefix("videos/").removesuffix(".zarr") for r in kept)
+        return names, sorted(p.name for p in (out / "tum").iterdir())
+
+    assert main(["export", store.location, str(out), "--format", "zarr,tum", "--where", "none"]) == 0
+    assert units()[0] == units()[1] == ["v0-shot0", "v0-shot1", "v1", "v2"]
+    capsys.readouterr()
+    assert main(["export", store.location, str(out), "--format", "zarr,tum"]) == 0
+    printed = capsys.readouterr().out
+    assert units()[0] == units()[1] == ["v0-shot0", "v0-shot1", "v1"]
+    assert "drop v2: filter: worst_window_agreement < 0.05" in printed and "removed the earlier tum export of v2" in printed
+    assert "tum: 3 export unit(s) (video or shot)" in printed and "1 shot(s) left out by the curation" in printed
+    assert main(["export", store.location, str(out), "--format", "zarr,tum", "--max-shots", "2"]) == 0
+    assert units()[0] == units()[1] == ["v0-shot0", "v0-shot1"]
+    assert "drop v1: max_shots: past --max-shots 2" in capsys.readouterr().out
+
+
+def test_split_names_must_be_folder_names(store, tmp_path, capsys):
+    assert main(["export", store.location, str(tmp_path / "o"), "--split", "train=0.5,../up=0.5"]) == 2
+    assert "split name '../up' must be a plain folder name" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_standard_formats_are_written_per_shot(store, tmp_path, capsys):

@@ -106,7 +106,8 @@ def exported(tmp_path_factory):
         stages.windows_stage(store, vid, {"kind": "synthetic"})
         stages.fuse_stage(store, vid)
     out = d / "ds"
-    assert main(["export", store.location, str(out), "--split", "train=0.5,validation=0.5", "--split-seed", "1"]) == 0
+    assert main(["export", store.location, str(out), "--split", "train=0.5,validation=0.5", "--split-seed", "1",
+                 "--format", "zarr,webdataset"]) == 0
     rows = pq.read_table(out / "index.parquet").to_pylist()
     return out, {r["video_id"]: r["split"] for r in rows if r["skipped"] is None}
 
@@ -122,6 +123,11 @@ def test_an_export_trains_on_its_train_split_only(exported, recipe):
     assert len(clip_source(str(out), recipe, "all").videos) == len(splits)
     with pytest.raises(InputError, match="no exported shot in split 'test'"):
         clip_source(str(out), recipe, "test")
+    for split in ("train", "validation"):  # the export's shard sets, one per split
+        shards = clip_source(str(out / "webdataset"), recipe, split)
+        manifest = json.loads((out / "webdataset" / split / "shards.json").read_text())
+        assert len(shards.videos) == manifest["n_samples"] > 0
+        assert {v["id"].split("_shot")[0] for v in shards.videos} == {v for v, s in splits.items() if s == split}
 
 
 def test_training_closes_the_loop_from_an_export(exported, tmp_path):

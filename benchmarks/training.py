@@ -1,10 +1,11 @@
 """Training benchmark: the CPU acceptance run of ``geo4d train`` (docs/training.md) and, when a GPU is
 present, the full model's training speed and memory.
 
-1. **Point-map VAE decoder** — the tiny fixture network (configs/train/tiny-network.yaml),
-   random-initialised (a synthetic stand-in), trained with configs/train/tiny-cpu.yaml's first phase on
-   synthetic scenes: held-back validation loss, point-map L1 and the rank correlation of σ with the
-   actual error, before and after, and the wall time.
+1. **VAE decoders** — the tiny fixture network (configs/train/tiny-network.yaml), random-initialised
+   (a synthetic stand-in), trained with configs/train/tiny-cpu.yaml's phases before the U-Net's on
+   synthetic scenes (the point-map VAE decoder; the stand-in image-VAE decoder): held-back validation
+   loss, point-map L1, the rank correlation of σ with the actual error and the image VAE's L1, before
+   and after, and the wall time.
 2. **U-Net** — the rest of the recipe (point map only → several sizes → rays and disparity ramped in),
    resumed from part 1's run: held-back denoising loss before and after, and the whole inference
    pipeline (5-step DDIM sampling → fusion → metrics) on held-back synthetic videos with the initial
@@ -121,7 +122,7 @@ def acceptance(work: Path, quick: bool) -> dict:
     t = time.perf_counter()
     before = _initial(recipe_path, seeds)
     t_initial = time.perf_counter() - t
-    vae_steps = recipe.phases[0].steps
+    vae_steps = recipe.phase_start(next(i for i, p in enumerate(recipe.phases) if p.train == "unet"))
     validators = (pipeline_validator(recipe),)
     t = time.perf_counter()
     run_training(recipe_path, [], run, max_steps=vae_steps, device="cpu", validators=validators)
@@ -275,13 +276,22 @@ def markdown(r: dict) -> str:
         f"Machine: {r['machine']}. Recipe `{a['recipe']}`{' (--quick: every phase 1/10)' if a['quick'] else ''}: the tiny "
         "fixture network, random-initialised (a SYNTHETIC stand-in, not Geo4D's weights), trained on procedural "
         "synthetic scenes; every figure below is measured on held-back scenes (seeds disjoint from training).", "",
-        f"## 1. Point-map VAE decoder ({a['vae_steps']} steps, {s['vae_phase_with_validation']:.0f} s with validation)", "",
+        f"## 1. VAE decoders ({a['vae_steps']} steps, {s['vae_phase_with_validation']:.0f} s with validation)", "",
+        "The point-map VAE decoder and its confidence branch (the paper's first stage), then — because the tiny "
+        "network has no pretrained image VAE — the image VAE's decoder on the ray, moment and disparity maps "
+        "(a stand-in for the pretraining the real model's VAE has; encoders frozen in both).", "",
         "| held-back metric | initial | trained | improvement |", "|---|---|---|---|",
         f"| uncertainty-weighted loss | {_f(i['vae_loss'])} | {_f(v['vae_loss'])} | "
         f"{_f(i['vae_loss'] - v['vae_loss'], '.3g')} lower |",
         f"| point-map L1 (normalised units, valid pixels) | {_f(i['vae_l1'])} | {_f(v['vae_l1'])} | "
         f"{_ratio(i['vae_l1'], v['vae_l1'])} |",
         f"| Spearman ρ(σ, actual error) | {_f(i['vae_sigma_spearman'], '.3f')} | {_f(v['vae_sigma_spearman'], '.3f')} | |",
+    ]
+    for m in ("ray", "moment", "disparity"):
+        k = f"image_vae_l1_{m}"
+        if k in i and k in v:
+            lines.append(f"| image VAE L1, {m} maps | {_f(i[k])} | {_f(v[k])} | {_ratio(i[k], v[k])} |")
+    lines += [
         "",
         "The loss is a log-likelihood (it can be negative), so its improvement is a difference, not a ratio.", "",
         f"## 2. U-Net ({a['unet_steps']} steps, {s['unet_phases_with_validation']:.0f} s with validation)", "",

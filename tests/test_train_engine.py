@@ -489,3 +489,27 @@ def test_two_process_ddp_on_cpu(tmp_path):
     metas = [ck.read_meta(p) for _, p in ck.list_checkpoints(out)]
     assert [m["step"] for m in metas] == [2, 4] and all(m["rank"] == 0 and m["world_size"] == 2 for m in metas)
     assert [r["step"] for r in metrics(out)] == [1, 2, 3, 4]  # one line per step: only rank 0 logs
+
+
+def test_image_vae_decoder_phase_trains_only_the_first_stage_decoder(tmp_path):
+    """The stand-in for a pretrained image VAE: the first-stage decoder (and post_quant_conv) learn to
+    reconstruct the ray, moment and disparity maps; its encoder (the frames' latents), the U-Net and
+    the point-map VAE stay as they were."""
+    from geo4d_model.train.trainer import run_training
+
+    phases = [{"name": "img", "train": "image_vae_decoder", "steps": 20, "lr": 2.0e-3, "sizes": [list(SIZE)]}]
+    path = write_recipe(tmp_path, phases=phases, ema=None, checkpoint_every=100)
+    before = load_recipe(path)
+    from geo4d_model.train.trainer import build_models
+
+    initial = build_models(before)
+    result = run_training(path, [], tmp_path / "run", device="cpu")
+    losses = [r["loss"] for r in metrics(tmp_path / "run")]
+    assert {"l1_ray", "l1_moment", "l1_disparity"} <= set(metrics(tmp_path / "run")[-1])
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5]), losses
+    new = dict(result.models.network.named_parameters())
+    changed = {n for n, p in initial.network.named_parameters() if not torch.equal(p, new[n])}
+    assert changed and all(n.startswith(("first_stage_model.vae.decoder.", "first_stage_model.vae.post_quant_conv."))
+                           for n in changed), sorted(changed)[:5]
+    assert all(torch.equal(p, q) for p, q in zip(initial.pointmap_vae.parameters(),
+                                                  result.models.pointmap_vae.parameters()))

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 
 from geo4d_model.network import MODALITY_CHANNELS
 
-__all__ = ["pointmap_vae_loss", "pointmap_errors", "diffusion_targets", "noisy_and_velocity", "v_prediction_loss",
+__all__ = ["image_vae_loss", "image_vae_maps", "IMAGE_VAE_MODALITIES",
+           "pointmap_vae_loss", "pointmap_errors", "diffusion_targets", "noisy_and_velocity", "v_prediction_loss",
            "to_frames", "to_window", "SIGMA_EPS"]
 
 #: Added to softplus(raw confidence): σ = softplus(c) + 1e-6 (inference reads σ = softplus(c)).
@@ -179,3 +180,34 @@ def v_prediction_loss(network, x0: torch.Tensor, cond: torch.Tensor, context: to
     per = {m: err[:, sl].mean() for m, sl in MODALITY_CHANNELS.items()}
     loss = sum(w * per[m] for m, w in used.items()) / sum(used.values())
     return loss, {m: value.detach() for m, value in per.items()}
+
+
+#: The modalities the first-stage (image) VAE carries, and their channels in the window latent's
+#: decoding (disparity is repeated ×3 like an RGB image, as in :func:`diffusion_targets`).
+IMAGE_VAE_MODALITIES = ("ray", "moment", "disparity")
+
+
+def image_vae_maps(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The 3-channel maps the image VAE encodes per frame: ray, moment, disparity ×3 → (B·V, 3, H, W) each."""
+    out = {m: to_frames(batch[m]) for m in IMAGE_VAE_MODALITIES}
+    out["disparity"] = out["disparity"].repeat(1, 3, 1, 1)
+    return out
+
+
+def image_vae_loss(decode, vae, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Reconstruction of the ray, moment and disparity maps by the first-stage VAE through its frozen
+    encoder: L = mean_m mean |decode(E(x_m)) − x_m| (E: posterior mean, no gradient).
+
+    Args:
+        decode: ``z → x`` (the decoder being trained, possibly DDP-wrapped); vae: the
+            :class:`~geo4d_model.vae.LatentVAE` whose encoder gives ``z``.
+
+    Returns:
+        (loss, {``l1_<modality>``}).
+    """
+    terms = {}
+    for m, x in image_vae_maps(batch).items():
+        with torch.no_grad():
+            z = vae.moments(x)[0]
+        terms[f"l1_{m}"] = (decode(z) - x).abs().mean()
+    return torch.stack(list(terms.values())).mean(), terms

@@ -2,7 +2,9 @@
 schedule, EMA, checkpoints, validation), read into the pydantic model :class:`TrainRecipe`.
 
 Phases run in order over one global step counter. A ``pointmap_vae`` phase trains the point-map VAE's
-decoder side; a ``unet`` phase trains the U-Net on the v-prediction loss with per-modality weights
+decoder side; an ``image_vae_decoder`` phase the first-stage VAE's decoder on the ray, moment and
+disparity maps (only for a network without a pretrained image VAE, e.g. the random-initialised tiny
+one: Geo4D keeps the video model's VAE unchanged); a ``unet`` phase trains the U-Net on the v-prediction loss with per-modality weights
 ``w_m`` (modalities not listed weigh 0). ``ramp_steps`` R lets modalities that weighed 0 in the
 previous phase rise linearly: at the phase's local step i their weight is ``w_m · min(1, (i + 1)/R)``.
 
@@ -116,7 +118,7 @@ class Phase(_Strict):
     """One training phase: ``train`` names the module, ``sizes`` the (H, W) clip sizes drawn per step."""
 
     name: str = Field(min_length=1)
-    train: Literal["pointmap_vae", "unet"]
+    train: Literal["pointmap_vae", "image_vae_decoder", "unet"]
     steps: PositiveInt
     lr: float | None = Field(None, gt=0)
     sizes: list[Size] = Field(min_length=1)
@@ -130,7 +132,7 @@ class Phase(_Strict):
             raise ValueError(f"unknown modality {unknown[0]!r} (one of {', '.join(MODALITIES)})")
         if any(w < 0 for w in self.modalities.values()):
             raise ValueError("modality weights must be ≥ 0")
-        if self.train == "pointmap_vae" and (self.modalities or self.ramp_steps):
+        if self.train != "unet" and (self.modalities or self.ramp_steps):
             raise ValueError("modalities and ramp_steps only apply to 'unet' phases")
         if self.train == "unet" and not any(w > 0 for w in self.modalities.values()):
             raise ValueError("a 'unet' phase needs at least one modality with a positive weight")

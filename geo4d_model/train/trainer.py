@@ -9,6 +9,10 @@ the step, and a resumed run repeats the uninterrupted one bit for bit (CPU, dete
 * ``train: pointmap_vae`` — the point-map VAE's decoder, ``post_quant_conv`` and confidence
   ``decoder_adaptor`` learn :func:`~geo4d_model.train.losses.pointmap_vae_loss` on
   ``D(E(X))`` (E: the frozen encoder's posterior mean).
+* ``train: image_vae_decoder`` — the first-stage VAE's decoder and ``post_quant_conv`` learn to
+  reconstruct the ray, moment and disparity maps (:func:`~geo4d_model.train.losses.image_vae_loss`) from
+  its frozen encoder's latents: a stand-in for the pretrained image VAE of the real model, for a
+  random-initialised network (Geo4D itself keeps that VAE unchanged).
 * ``train: unet`` — the U-Net learns :func:`~geo4d_model.train.losses.v_prediction_loss` with the
   phase's (ramped) modality weights; everything else frozen.
 
@@ -66,7 +70,8 @@ from geo4d_model.train.checkpoint import (
     set_rng_state,
 )
 from geo4d_model.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_main, shutdown, wrap_ddp
-from geo4d_model.train.losses import diffusion_targets, pointmap_errors, pointmap_vae_loss, to_frames, v_prediction_loss
+from geo4d_model.train.losses import (diffusion_targets, image_vae_loss, pointmap_errors, pointmap_vae_loss, to_frames,
+                                     v_prediction_loss)
 from geo4d_model.train.recipe import (
     MODALITIES,
     Phase,
@@ -225,11 +230,16 @@ def training_source(recipe: TrainRecipe, data_sources: Sequence = (), world_size
 # --- trained parameters, precision --------------------------------------------------------------------
 def trained_parameters(models: Models, module: str) -> list[nn.Parameter]:
     """The parameters a phase trains: ``pointmap_vae`` → decoder, ``post_quant_conv``, ``decoder_adaptor``
-    (encoder, ``quant_conv`` and the unused encoder adaptor frozen); ``unet`` → the U-Net's."""
+    (encoder, ``quant_conv`` and the unused encoder adaptor frozen); ``image_vae_decoder`` → the
+    first-stage VAE's decoder and ``post_quant_conv`` (its encoder, which makes the frames' latents,
+    frozen); ``unet`` → the U-Net's."""
     if module == "pointmap_vae":
         vae = models.pointmap_vae
         return [*vae.vae.decoder.parameters(), *vae.vae.post_quant_conv.parameters(),
                 *vae.decoder_adaptor.parameters()]
+    if module == "image_vae_decoder":
+        vae = models.network.first_stage_model.vae
+        return [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
     if module == "unet":
         return list(models.network.unet.parameters())
     raise ValueError(f"unknown trained module {module!r}")
@@ -253,6 +263,8 @@ def _set_modes(models: Models, module: str | None) -> None:
         models.network.unet.train()
     elif module == "pointmap_vae":
         models.pointmap_vae.train()
+    elif module == "image_vae_decoder":
+        models.network.first_stage_model.train()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -295,6 +307,18 @@ class PointmapDecoder(nn.Module):
         if self.gradient_checkpointing and self.vae.training and torch.is_grad_enabled():
             return _checkpointed_decode(self.vae, z)
         return self.vae.decode_with_confidence(z)
+
+
+class ImageDecoder(nn.Module):
+    """``forward(z)`` = the first-stage VAE's decode (N, 4, h, w) → (N, 3, H, W): the module an
+    ``image_vae_decoder`` phase trains."""
+
+    def __init__(self, vae: LatentVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(z)
 
 
 # --- seeded draws ------------------------------------------------------------------------------------
@@ -366,7 +390,8 @@ def validation_losses(models: Models, context: torch.Tensor, recipe: TrainRecipe
 
     ``vae_loss`` (:func:`pointmap_vae_loss` of ``D(E(X))``), ``vae_l1`` (mean ℓ1 on valid pixels,
     normalised space), ``vae_sigma_spearman`` (rank correlation of σ and ℓ1 over valid pixels: does the
-    confidence know where the decoder errs), ``denoise_loss`` and ``denoise_<modality>`` (v-loss with
+    confidence know where the decoder errs), ``image_vae_l1_<ray|moment|disparity>`` (the first-stage
+    VAE's reconstruction of those maps), ``denoise_loss`` and ``denoise_<modality>`` (v-loss with
     all weights 1 at the fixed ``validation.timesteps``, noise seeded by (seed, clip, timestep index)).
     """
     from geo4d_model.train.data import SyntheticClips, collate
@@ -385,6 +410,10 @@ def validation_losses(models: Models, context: torch.Tensor, recipe: TrainRecipe
             batch = _to_device(collate([source.clip(i, size, recipe.clip_frames)]), device)
             with _autocast(recipe, device):
                 _vae_validation(models, batch, sums, pairs)
+                _, image = image_vae_loss(models.network.first_stage_model.decode, models.network.first_stage_model,
+                                          batch)
+                for k, value in image.items():
+                    sums[f"image_vae_{k}"] = sums.get(f"image_vae_{k}", 0.0) + float(value)
                 _denoise_validation(models, context.to(device), batch, recipe, i, sums)
     finally:
         models.network.train(modes[0])
@@ -499,6 +528,8 @@ class Trainer:
         if module == "unet":
             self.models.network.unet.gradient_checkpointing = self.gradient_checkpointing
             return self.models.network.unet
+        if module == "image_vae_decoder":
+            return ImageDecoder(self.models.network.first_stage_model)
         return PointmapDecoder(self.models.pointmap_vae, self.gradient_checkpointing)
 
     def _new_optimizer(self, module: str, lr: float) -> None:
@@ -573,6 +604,9 @@ class Trainer:
         batch = self._batch(step, phase)
         if phase.train == "pointmap_vae":
             loss, terms = self._vae_loss(batch)
+        elif phase.train == "image_vae_decoder":
+            with _autocast(self.recipe, self.device):
+                loss, terms = image_vae_loss(self._forward, self.models.network.first_stage_model, batch)
         else:
             loss, terms = self._unet_loss(batch, step, index, local)
         value = float(loss.detach())

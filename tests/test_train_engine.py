@@ -513,3 +513,18 @@ def test_image_vae_decoder_phase_trains_only_the_first_stage_decoder(tmp_path):
                            for n in changed), sorted(changed)[:5]
     assert all(torch.equal(p, q) for p, q in zip(initial.pointmap_vae.parameters(),
                                                   result.models.pointmap_vae.parameters()))
+
+
+def test_sampler_timesteps_are_the_ones_inference_visits(tiny_models):
+    from geo4d_model.sampler import DDIMSampler
+    from geo4d_model.train.recipe import recipe_from_dict
+    from geo4d_model.train.trainer import _timesteps
+
+    net = tiny_models[0]
+    base = {"network": str(NETWORK), "phases": [{"name": "u", "train": "unet", "steps": 1, "sizes": [list(SIZE)],
+                                                 "modalities": {"pointmap": 1.0}}]}
+    gen = torch.Generator().manual_seed(0)
+    drawn = _timesteps(recipe_from_dict(base | {"timesteps": "sampler"}), net, 200, gen)
+    assert set(drawn.tolist()) == set(DDIMSampler.from_network(net).timesteps) == {999, 799, 599, 399, 199}
+    uniform = _timesteps(recipe_from_dict(base), net, 200, gen)
+    assert len(set(uniform.tolist())) > 150 and 0 <= int(uniform.min()) and int(uniform.max()) < 1000

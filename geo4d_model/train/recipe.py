@@ -155,6 +155,9 @@ class TrainRecipe(_Strict):
     optimizer: OptimizerSettings = OptimizerSettings()
     lr_schedule: LRSchedule = LRSchedule()
     ema: EMASettings | None = EMASettings()
+    #: Timesteps of the U-Net's loss: ``uniform`` over the schedule's 1000, or ``sampler``: only those the
+    #: inference sampler visits (5-step DDIM: 999, 799, 599, 399, 199) — for short runs that must sample well.
+    timesteps: Literal["uniform", "sampler"] = "uniform"
     checkpoint_every: PositiveInt = 50
     keep_checkpoints: PositiveInt = 3
     log_every: PositiveInt = 10

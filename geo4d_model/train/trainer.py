@@ -309,6 +309,16 @@ class PointmapDecoder(nn.Module):
         return self.vae.decode_with_confidence(z)
 
 
+def _timesteps(recipe: TrainRecipe, network: Geo4DNetwork, n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` training timesteps: uniform over the schedule, or drawn among the inference sampler's."""
+    if recipe.timesteps == "uniform":
+        return torch.randint(0, network.alphas_cumprod.shape[0], (n,), generator=gen)
+    from geo4d_model.sampler import DDIMSampler
+
+    visited = torch.tensor(DDIMSampler.from_network(network).timesteps, dtype=torch.long)
+    return visited[torch.randint(0, len(visited), (n,), generator=gen)]
+
+
 class ImageDecoder(nn.Module):
     """``forward(z)`` = the first-stage VAE's decode (N, 4, h, w) → (N, 3, H, W): the module an
     ``image_vae_decoder`` phase trains."""
@@ -587,7 +597,7 @@ class Trainer:
         with _autocast(self.recipe, self.device):
             x0, cond = diffusion_targets(net, self.models.pointmap_vae, batch)
         gen = _generator(self.recipe.seed, step, self.dist.rank, _NOISE_STREAM)
-        t = torch.randint(0, net.alphas_cumprod.shape[0], (x0.shape[0],), generator=gen).to(self.device)
+        t = _timesteps(self.recipe, net, x0.shape[0], gen).to(self.device)
         noise = torch.randn(x0.shape, generator=gen).to(self.device)
         apply = None
         if self.dist.distributed:  # the U-Net call must go through the DDP wrapper (gradient averaging)

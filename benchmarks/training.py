@@ -51,6 +51,7 @@ def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run: every phase 1/10 as long, 2 eval videos")
     ap.add_argument("--no-write", action="store_true", help="print only")
+    ap.add_argument("--render-only", action="store_true", help="rewrite training.md from training.json (no run)")
     return ap.parse_args()
 
 
@@ -328,11 +329,36 @@ def markdown(r: dict) -> str:
                   f"| U-Net | {g['unet']['steps_per_s']:.2f} | {g['unet']['peak_memory_gib']:.1f} |",
                   f"| point-map VAE decoder | {g['pointmap_vae']['steps_per_s']:.2f} | "
                   f"{g['pointmap_vae']['peak_memory_gib']:.1f} |"]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _targets(r)) + "\n"
+
+
+def _targets(r: dict) -> list[str]:
+    """The issue's acceptance lines, ticked from the figures above."""
+    a, k = r["acceptance"], r["kill_resume"]
+    i, v, t = a["initial"], a["after_vae"], a["trained"]
+    pi, pt = (lambda key: i.get(f"pipeline_{key}")), (lambda key: t.get(f"pipeline_{key}"))
+    rows = [
+        (v["vae_l1"] * 2 <= i["vae_l1"] and v["vae_loss"] < i["vae_loss"],
+         f"VAE decoder: validation loss lower and point-map L1 ≥ 2× lower ({i['vae_l1']:.3g} → {v['vae_l1']:.3g}); "
+         f"σ–error rank correlation {v['vae_sigma_spearman']:.3f}"),
+        (t["denoise_loss"] < v["denoise_loss"],
+         f"U-Net: denoising validation loss lower ({v['denoise_loss']:.3g} → {t['denoise_loss']:.3g})"),
+        (pt("abs_rel") < pi("abs_rel") and pt("ate") < pi("ate"),
+         f"fused depth and poses of held-back videos better with the trained checkpoint than with the untrained one: "
+         f"Abs Rel {pi('abs_rel'):.4f} → {pt('abs_rel'):.4f}, ATE {pi('ate'):.4f} → {pt('ate'):.4f}, "
+         f"RPE-R {pi('rpe_rot'):.1f}° → {pt('rpe_rot'):.1f}° (budget: {a['vae_steps'] + a['unet_steps']} CPU steps)"),
+        (k["identical"] and k["losses_equal"], "kill -9 and --resume: identical final weights and loss curve"),
+    ]
+    return ["", "## Targets", ""] + [f"- [{'x' if ok else ' '}] {text}" for ok, text in rows]
 
 
 def main() -> int:
     args = _args()
+    if args.render_only:
+        result = json.loads((RESULTS / "training.json").read_text())
+        (RESULTS / "training.md").write_text(markdown(result))
+        print(markdown(result))
+        return 0
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))

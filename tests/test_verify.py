@@ -80,7 +80,9 @@ def test_reconstruct_rerun_repairs_only_what_verify_found_damaged(tmp_path, caps
     assert f"damaged: {a}: windows: windows/disparity chunks [1]" in status
     assert f"damaged: {b}: fuse: fused/depth chunks [5] (chunk 5: missing)" in status
     table = {line.split()[0]: line.split() for line in status.splitlines() if line.startswith((a, b))}
-    assert table[a][2:4] == ["complete", "damaged"] and table[b][2:5] == ["complete", "complete", "damaged"]
+    # columns: video, frames, decode, shots, windows, fuse, …
+    assert table[a][2:5] == ["complete", "complete", "damaged"]
+    assert table[b][2:6] == ["complete", "complete", "complete", "damaged"]
     assert "2 damaged" in status
 
     predicted = []

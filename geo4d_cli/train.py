@@ -86,19 +86,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = train_geo4d(args.recipe, args.out, data=args.data, **kwargs)
     else:
         from pipeline.training import train
+        from tasks.progress import train_progress
 
-        out = train(args.recipe, args.data, args.out, on_log=_console_log if _is_main() else None, **kwargs)
+        out = train(args.recipe, args.data, args.out, on_log=train_progress if _is_main() else None, **kwargs)
     if _is_main():
         _print_summary(out)
     return 0
-
-
-def _console_log(step: int, metrics: dict) -> None:
-    from tasks.progress import advance
-
-    total = int(metrics.get("total_steps") or 0)
-    if total:
-        advance("train", step, total, f"{metrics.get('phase', '')} loss {float(metrics.get('loss', 0.0)):.4g}")
 
 
 def _print_summary(out: dict) -> None:

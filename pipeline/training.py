@@ -40,7 +40,7 @@ def clip_source(location: str, recipe, split: str = "train") -> Any:
     from geo4d_model.train.data import SyntheticClips
 
     if location == SYNTHETIC_DATA or location.startswith(SYNTHETIC_DATA + ":"):
-        settings = dict(recipe.synthetic) if not hasattr(recipe.synthetic, "model_dump") else recipe.synthetic.model_dump()
+        settings = recipe.synthetic.model_dump()
         if ":" in location:
             try:
                 settings["seed"] = int(location.split(":", 1)[1])

@@ -159,37 +159,34 @@ class ShardReader:
         self.videos = [{"id": key, "n_frames": self._frames(i), "fps": self._fps(i)}
                        for i, (_, key, _) in enumerate(self._entries)]
 
+    def _member(self, index: int, member: str, limit: int | None = None) -> bytes:
+        """The bytes of one member of sample ``index`` (its first ``limit`` bytes), read by offset."""
+        url, _, members = self._entries[index]
+        offset, size = members[member]
+        with open(url, "rb") as f:
+            f.seek(offset)
+            return f.read(size if limit is None else min(size, limit))
+
     def _fps(self, index: int) -> float:
         """The sample's source frame rate (its scores.json provenance), 24 when not recorded."""
         import json
 
-        url, _, members = self._entries[index]
-        if "scores.json" not in members:
+        if "scores.json" not in self._entries[index][2]:
             return 24.0
-        offset, size = members["scores.json"]
-        with open(url, "rb") as f:
-            f.seek(offset)
-            meta = json.loads(f.read(size))
+        meta = json.loads(self._member(index, "scores.json"))
         fps = (meta.get("provenance") or {}).get("fps") or meta.get("fps")
         return float(fps) if fps else 24.0
 
     def _array(self, index: int, member: str) -> np.ndarray:
         import io
 
-        url, _, members = self._entries[index]
-        offset, size = members[member]
-        with open(url, "rb") as f:
-            f.seek(offset)
-            return np.load(io.BytesIO(f.read(size)), allow_pickle=False)
+        return np.load(io.BytesIO(self._member(index, member)), allow_pickle=False)
 
     def _frames(self, index: int) -> int:
+        """The sample's frame count, from the header of its depth array only."""
         import io
 
-        url, _, members = self._entries[index]
-        offset, size = members["depth.npy"]
-        with open(url, "rb") as f:
-            f.seek(offset)
-            buf = io.BytesIO(f.read(min(size, 4096)))
+        buf = io.BytesIO(self._member(index, "depth.npy", limit=4096))
         major, _ = np.lib.format.read_magic(buf)
         read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
         shape, _, _ = read_header(buf)

@@ -232,3 +232,11 @@ def _heartbeat(c: ConsoleProgress, period_s: float = 1.0) -> None:
     while not c._closed:
         time.sleep(period_s)
         c.tick()
+
+
+def train_progress(step: int, record: dict) -> None:
+    """A training log record (``geo4d train``: with ``total_steps``, ``phase``, ``loss``) as the console's
+    ``train`` counter."""
+    total = int(record.get("total_steps") or 0)
+    if total:
+        advance("train", step, total, f"{record.get('phase', '')} loss {float(record.get('loss', 0.0)):.4g}")

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import training
-from tasks.progress import advance
+from tasks.progress import train_progress
 
 #: Columns of the loss-curve artifact.
 _LOSS_KEYS = ("step", "phase", "loss", "lr")
@@ -26,8 +26,7 @@ def train_task(recipe: str, data: list[str], out_dir: str, init_checkpoint: str 
         total = int(metrics.get("total_steps") or 0)
         logger.info("step %s/%s %s loss %.4g", step, total or "?", metrics.get("phase", ""),
                     float(metrics.get("loss", float("nan"))))
-        if total:
-            advance("train", step, total, f"{metrics.get('phase', '')} loss {float(metrics.get('loss', 0)):.4g}")
+        train_progress(step, metrics)
 
     out = training.train(recipe, data, out_dir, init_checkpoint=init_checkpoint, init_pointmap_vae=init_pointmap_vae,
                          context=context, max_steps=max_steps, resume=resume, device=device,

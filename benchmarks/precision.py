@@ -96,12 +96,12 @@ def run_mode(net, pm, context, video: np.ndarray, starts: list[int], V: int, aut
 def fuse_predictions(preds: list, starts: list[int], T: int) -> dict:
     """Stack the window predictions by modality name (G, V, …) and fuse them; returns ``depth`` (T, H, W),
     ``world_from_cam`` (T, 4, 4), ``seconds``, or ``error`` when the fusion refuses the (random) input."""
-    from geo4d.fusion import fuse
+    from geo4d.fusion import FusionConfig, fuse
 
     arrays = {k: np.stack([p.as_dict()[k] for p in preds]) for k in preds[0].as_dict()}
     t0 = time.perf_counter()
     try:
-        res = fuse(arrays, starts, T)
+        res = fuse(arrays, starts, T, config=FusionConfig(pointmap_z_offset=True))  # network output
     except Exception as exc:  # noqa: BLE001 - reported, not hidden: random weights can defeat the fusion
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                 "seconds": time.perf_counter() - t0}

@@ -57,10 +57,14 @@ class WindowPredictor(abc.ABC):
         name: shown in the CLI, logs and the store (a synthetic stand-in says so in its name).
         image_size: (H, W) the frames must be resized to before prediction, or None to keep the
             video's decoded size.
+        pointmap_z_offset: whether its point maps carry an unknown per-window offset along z, as
+            the Geo4D network's de-normalised maps do (``z − lower`` with ``lower`` ≈ the window's
+            nearest depth): the fusion must then estimate it (:class:`geo4d.fusion.FusionConfig`).
     """
 
     name: str = "predictor"
     image_size: tuple[int, int] | None = None
+    pointmap_z_offset: bool = False
 
     @abc.abstractmethod
     def predict_window(self, frames: np.ndarray, start: int) -> WindowPrediction:

@@ -257,6 +257,11 @@ class SyntheticPredictor(WindowPredictor):
             "ground_truth": self._source,
         }
 
+    @property
+    def pointmap_z_offset(self) -> bool:
+        """Whether its point maps carry the unknown z offset (``noise.pointmap_z_offset``)."""
+        return bool(self.noise.pointmap_z_offset)
+
     # -- prediction ------------------------------------------------------------------------
     def predict_window(self, frames: np.ndarray, start: int) -> WindowPrediction:
         """Predict the window of frames ``start … start+V−1`` (the pixels are not looked at).

@@ -218,6 +218,9 @@ class Geo4DPredictor(WindowPredictor):
     """
 
     name = "geo4d"
+    #: The decoded point map is ``(x/s, y/s, (z − lower)/s)`` (FACTS_rays §5): z is shifted by an
+    #: unknown per-window ``lower``, which the fusion estimates with the focal length.
+    pointmap_z_offset = True
     #: Bounded queue depth between the device loop, the post-processing and the caller (overlap on).
     queue_depth = 2
 

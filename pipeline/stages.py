@@ -303,7 +303,7 @@ def windows_stage(
         t0 = time.perf_counter()
         store.clear_stages(video_id, ["windows"] + _downstream("windows"))
         done = store.prepare_windows(video_id, starts, window_size, stride, _predictor_name(predictor, spec), fp,
-                                     parameters=jsonable(params))
+                                     parameters=jsonable(params), pointmap_z_offset=_z_offset(predictor, spec))
         todo = [g for g in range(len(starts)) if not done[g]]
         details: dict[str, Any] = {"windows": len(starts), "network_load": None}
         if todo:
@@ -339,6 +339,13 @@ def _predictor_name(predictor, spec: PredictorSpec | None) -> str:
     if spec is None:
         return predictor.name
     return "geo4d" if isinstance(spec, Geo4DPredictorSpec) else "synthetic (test instrument)"
+
+
+def _z_offset(predictor, spec: PredictorSpec | None) -> bool:
+    """Whether the predictor's point maps carry an unknown z offset (the network's do), without building it."""
+    if spec is None:
+        return bool(predictor.pointmap_z_offset)
+    return isinstance(spec, Geo4DPredictorSpec) or bool(spec.noise.pointmap_z_offset)
 
 
 def _obtain(predictor, spec: PredictorSpec | None, info: VideoInfo, device: str | None, starts: list[int]):
@@ -468,6 +475,8 @@ def fuse_stage(
         raise InputError(f"video {video_id}: stage 'windows' is not complete; run it first")
     framing = store.framing(video_id)
     config = _with_known_intrinsics(FusionConfig.parse(fusion, what="fusion"), intrinsics, framing)
+    if config.pointmap_z_offset is None:  # as the windows' predictor says
+        config = config.model_copy(update={"pointmap_z_offset": store.windows_pointmap_z_offset(video_id)})
     shots = store.read_shots(video_id)
     single = is_single_shot(shots, info.n_frames)
     params = {"fusion": config.fingerprint_dict(), "upstream": upstream.get("fingerprint"), "starts": starts}

@@ -649,13 +649,14 @@ class Store:
     # ---- windows ---------------------------------------------------------------------------------
     def prepare_windows(
         self, video_id: str, starts: list[int], window_size: int, stride: int, predictor: str, fingerprint: str,
-        parameters: Mapping[str, Any] | None = None,
+        parameters: Mapping[str, Any] | None = None, pointmap_z_offset: bool | None = None,
     ) -> np.ndarray:
         """Create the windows arrays (or keep them when layout and fingerprint match).
 
         ``parameters`` (what the fingerprint was computed from) are kept in the group's attributes so a
-        later run of other settings can name what differs. Returns the per-window completion flags
-        (G,) bool — True for windows already stored.
+        later run of other settings can name what differs; ``pointmap_z_offset`` (whether the
+        predictor's point maps carry an unknown z offset, :meth:`windows_pointmap_z_offset`) too,
+        when given. Returns the per-window completion flags (G,) bool — True for windows already stored.
         """
         info = self.video_info(video_id)
         grp = self._video_group(video_id)
@@ -687,7 +688,22 @@ class Store:
             {"starts": starts, "window_size": window_size, "stride": stride, "predictor": predictor,
              "fingerprint": fingerprint, "parameters": dict(parameters or {})}
         )
+        if pointmap_z_offset is not None:
+            wg.attrs["pointmap_z_offset"] = bool(pointmap_z_offset)
         return np.zeros(G, dtype=bool)
+
+    def windows_pointmap_z_offset(self, video_id: str) -> bool:
+        """Whether the stored point maps carry an unknown per-window z offset: the windows group's
+        ``pointmap_z_offset`` attribute, else (stores written before it, or by other tools) True
+        exactly when the ``predictor`` attribute is ``"geo4d"`` or absent — the network's maps carry
+        one (docs/store.md)."""
+        grp = self._video_group(video_id)
+        if "windows" not in grp:
+            raise StoreError(f"{self.location}: video {video_id} has no windows group (run the windows stage first)")
+        attrs = grp["windows"].attrs.asdict()
+        if "pointmap_z_offset" in attrs:
+            return bool(attrs["pointmap_z_offset"])
+        return attrs.get("predictor", "geo4d") == "geo4d"
 
     def windows_progress(self, video_id: str) -> dict | None:
         """What the windows group holds so far: ``{"fingerprint", "parameters", "done": windows stored}``,

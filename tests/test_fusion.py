@@ -199,7 +199,10 @@ def test_fusion_config_is_a_frozen_spec_with_the_old_defaults():
     cfg = FusionConfig.parse(None)
     assert cfg == FusionConfig() and FusionConfig.parse(cfg) is cfg
     assert FusionConfig.parse({"iterations": 5}).iterations == 5
-    assert cfg.fingerprint_dict() == {
+    # pointmap_z_offset defaults to None (as the windows' predictor says); the fuse stage resolves it
+    # before fingerprinting, and resolved to False it is the old default's record.
+    assert cfg.pointmap_z_offset is None
+    assert cfg.model_copy(update={"pointmap_z_offset": False}).fingerprint_dict() == {
         "alpha_pointmap": 1.0, "alpha_disparity": 1.0, "alpha_rays": 1.0, "alpha_smooth": 1.0, "shared_focal": True,
         "estimate_principal_point": True, "pointmap_z_offset": False, "conf_clip": 10.0, "disparity_min": None,
         "robust_scale": 4.0, "outlier_weight": 0.25, "smooth_auto": True, "consensus_init": True, "smooth_rot_deg": 0.05, "smooth_trans": 0.002, "iterations": 20,

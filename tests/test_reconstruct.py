@@ -58,6 +58,27 @@ def test_clean_synthetic_video_is_recovered(scene, tmp_path, prefect_env):
     assert s.stage_records(vid)["windows"]["finished_at"] == recs["windows"]["finished_at"]
 
 
+def test_point_maps_with_a_z_offset_are_fused_with_it(scene, tmp_path, prefect_env):
+    """Windows whose point maps carry the network's unknown z offset (the synthetic instrument told to
+    add one, as the Geo4D network's de-normalised maps have) are fused estimating it, because the
+    windows' store says so — without being told in the fusion settings."""
+    from flows.reconstruct import reconstruct_video
+
+    store = tmp_path / "s.zarr"
+    predictor = {"kind": "synthetic", "noise": {"pointmap_z_offset": True}}
+    res = reconstruct_video(str(scene), str(store), predictor=predictor)
+    m = res["evaluate"]["details"]["metrics"]
+    assert m["abs_rel"] < 0.01 and m["ate_rel"] < 0.01, m
+    s = Store(store, mode="r")
+    vid = res["video_id"]
+    assert s.windows_pointmap_z_offset(vid) is True
+    assert s.stage_records(vid)["fuse"]["parameters"]["fusion"]["pointmap_z_offset"] is True
+    # An explicit setting wins (and, wrong here, shows the offset matters).
+    with pytest.raises(Exception, match="pointmap_z_offset|pinhole"):
+        reconstruct_video(str(scene), str(tmp_path / "t.zarr"), predictor=predictor,
+                          fusion={"pointmap_z_offset": False})
+
+
 def test_interrupted_after_windows_rerun_predicts_no_window(scene, tmp_path, prefect_env, monkeypatch):
     import pipeline.stages
     from flows.reconstruct import reconstruct_video

@@ -275,3 +275,16 @@ def test_a_format_1_store_is_read_verified_fused_and_exported(tmp_path, capsys):
     capsys.readouterr()
     assert main(["verify", str(path)]) == 1
     assert "chunk 7: missing" in capsys.readouterr().out
+
+
+def test_windows_say_whether_their_point_maps_carry_a_z_offset(tmp_path):
+    """Recorded by the writer; for windows written before the attribute existed, by their predictor:
+    the Geo4D network's maps carry one (and so do those of a store that names no predictor), others not."""
+    s = Store(tmp_path / "s.zarr")
+    for vid, name, flag in (("a", "geo4d", None), ("b", "synthetic (test instrument)", None),
+                            ("c", "geo4d", False), ("d", "p", True)):
+        s.ensure_video(_info(vid))
+        s.prepare_windows(vid, [0], 16, 4, name, "fp", pointmap_z_offset=flag)
+    assert [s.windows_pointmap_z_offset(v) for v in "abcd"] == [True, False, False, True]
+    del s.root["videos/a/windows"].attrs["predictor"]
+    assert s.windows_pointmap_z_offset("a") is True

@@ -61,7 +61,10 @@ class FusionConfig(Spec):
         estimate_principal_point: estimate ``(cx, cy)`` (shared by all frames); False fixes it at the
             image centre ``((W−1)/2, (H−1)/2)``.
         pointmap_z_offset: the point maps carry an unknown per-window offset along z (as the Geo4D
-            network's de-normalised maps do); estimate it with the focal length.
+            network's de-normalised maps do); estimate it with the focal length. None (the default):
+            as the windows' predictor says (:attr:`geo4d.predictor.WindowPredictor.pointmap_z_offset`;
+            the pipeline's fuse stage reads it from the store); :func:`geo4d.fusion.fuse` called
+            directly treats None as False, so pass ``predictor.pointmap_z_offset`` there.
 
     Robustness and solver:
         conf_clip: point-map confidences are clipped at this value before use as weights.
@@ -112,7 +115,7 @@ class FusionConfig(Spec):
     alpha_smooth: Number = Field(1.0, ge=0, allow_inf_nan=False)
     focal: Literal["auto", "shared", "per_frame"] = "auto"
     estimate_principal_point: bool = True
-    pointmap_z_offset: bool = False
+    pointmap_z_offset: bool | None = None
     conf_clip: Number = Field(10.0, gt=0, allow_inf_nan=False)
     disparity_min: Number | None = Field(None, allow_inf_nan=False)
     robust_scale: Number = Field(4.0, gt=0, allow_inf_nan=False)

@@ -286,7 +286,7 @@ def _sample_pointmap(windows: Mapping[str, Any], g: int, s: _Samples, ctx: _Setu
     V, HW, s0 = ctx.V, ctx.H * ctx.W, int(ctx.st[g])
     pm = _read(windows, "pointmap", g, s0, V).reshape(V, HW, 3)
     wfull = _clipped_conf(_read(windows, "pointmap_conf", g, s0, V).reshape(V, HW), ctx.cfg)
-    f0, cx0, cy0, delta, rms = intrinsics_from_pointmap(pm[0], ctx.grid, wfull[0], z_offset=ctx.cfg.pointmap_z_offset,
+    f0, cx0, cy0, delta, rms = intrinsics_from_pointmap(pm[0], ctx.grid, wfull[0], z_offset=bool(ctx.cfg.pointmap_z_offset),
                                                         pp=ctx.pp_fixed)
     s.win_intr[g] = (f0, cx0, cy0, delta, rms)
     Ps = pm[:, ctx.flat].copy()

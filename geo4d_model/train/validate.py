@@ -1,6 +1,6 @@
 """Validation of a model under training by the whole inference path: held-back synthetic videos are
 sampled window by window with the network (:class:`geo4d_model.predictor.Geo4DPredictor`), fused
-(:func:`geo4d.fusion.fuse`) and compared with their exact ground truth
+(:func:`geo4d.fusion.fuse`, estimating the point maps' z offset as for any network output) and compared with their exact ground truth
 (:func:`geo4d.metrics.reconstruction_metrics`). The denoising losses say whether the network fits its
 targets; this says whether the geometry a user gets is better.
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from geo4d.errors import Geo4DError
-from geo4d.fusion import fuse
+from geo4d.fusion import FusionConfig, fuse
 from geo4d.metrics import reconstruction_metrics
 from geo4d.predictor import stacked_windows
 from geo4d.synthetic import make_scene, render
@@ -60,7 +60,7 @@ def video_metrics(network, pointmap_vae, context: torch.Tensor, frames: np.ndarr
     try:
         with torch.no_grad():
             windows = stacked_windows(predictor, frames, starts, WINDOW_SIZE)
-        res = fuse(windows, starts, T)
+        res = fuse(windows, starts, T, config=FusionConfig(pointmap_z_offset=predictor.pointmap_z_offset))
         m = reconstruction_metrics(res.geometry.depth, res.geometry.intrinsics, res.geometry.world_from_cam,
                                    gt.depth, gt.intrinsics, gt.world_from_cam)
     except (Geo4DError, np.linalg.LinAlgError, ValueError) as exc:

@@ -3,7 +3,7 @@ present, the full model's training speed and memory.
 
 1. **VAE decoders** — the tiny fixture network (configs/train/tiny-network.yaml), random-initialised
    (a synthetic stand-in), trained with configs/train/tiny-cpu.yaml's phases before the U-Net's on
-   synthetic scenes (the point-map VAE decoder; the stand-in image-VAE decoder): held-back validation
+   synthetic scenes (the stand-in VAE pretraining; the point-map VAE decoder): held-back validation
    loss, point-map L1, the rank correlation of σ with the actual error and the image VAE's L1, before
    and after, and the wall time.
 2. **U-Net** — the rest of the recipe (point map only → several sizes → rays and disparity ramped in),
@@ -278,9 +278,10 @@ def markdown(r: dict) -> str:
         "fixture network, random-initialised (a SYNTHETIC stand-in, not Geo4D's weights), trained on procedural "
         "synthetic scenes; every figure below is measured on held-back scenes (seeds disjoint from training).", "",
         f"## 1. VAE decoders ({a['vae_steps']} steps, {s['vae_phase_with_validation']:.0f} s with validation)", "",
-        "The point-map VAE decoder and its confidence branch (the paper's first stage), then — because the tiny "
-        "network has no pretrained image VAE — the image VAE's decoder on the ray, moment and disparity maps "
-        "(a stand-in for the pretraining the real model's VAE has; encoders frozen in both).", "",
+        "Because the tiny network has no pretrained VAE, a stand-in for the pretraining the real model's VAE "
+        "has first trains the whole first-stage VAE (encoder included) to autoencode the frames and maps with "
+        "unit-RMS latents; then the paper's first stage: the point-map VAE, restarted from it, fine-tunes its "
+        "decoder and confidence branch with the encoder frozen.", "",
         "| held-back metric | initial | trained | improvement |", "|---|---|---|---|",
         f"| uncertainty-weighted loss | {_f(i['vae_loss'])} | {_f(v['vae_loss'])} | "
         f"{_f(i['vae_loss'] - v['vae_loss'], '.3g')} lower |",
@@ -343,10 +344,11 @@ def _targets(r: dict) -> list[str]:
          f"σ–error rank correlation {v['vae_sigma_spearman']:.3f}"),
         (t["denoise_loss"] < v["denoise_loss"],
          f"U-Net: denoising validation loss lower ({v['denoise_loss']:.3g} → {t['denoise_loss']:.3g})"),
-        (pt("abs_rel") < pi("abs_rel") and pt("ate") < pi("ate"),
+        (pt("abs_rel") < pi("abs_rel") and pt("ate") < pi("ate") and pt("failed") <= pi("failed"),
          f"fused depth and poses of held-back videos better with the trained checkpoint than with the untrained one: "
          f"Abs Rel {pi('abs_rel'):.4f} → {pt('abs_rel'):.4f}, ATE {pi('ate'):.4f} → {pt('ate'):.4f}, "
-         f"RPE-R {pi('rpe_rot'):.1f}° → {pt('rpe_rot'):.1f}° (budget: {a['vae_steps'] + a['unet_steps']} CPU steps)"),
+         f"RPE-R {pi('rpe_rot'):.1f}° → {pt('rpe_rot'):.1f}°, videos the fusion could not run {pi('failed'):.0f} → "
+         f"{pt('failed'):.0f} (budget: {a['vae_steps'] + a['unet_steps']} CPU steps)"),
         (k["identical"] and k["losses_equal"], "kill -9 and --resume: identical final weights and loss curve"),
     ]
     return ["", "## Targets", ""] + [f"- [{'x' if ok else ' '}] {text}" for ok, text in rows]

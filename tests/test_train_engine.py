@@ -528,3 +528,51 @@ def test_sampler_timesteps_are_the_ones_inference_visits(tiny_models):
     assert set(drawn.tolist()) == set(DDIMSampler.from_network(net).timesteps) == {999, 799, 599, 399, 199}
     uniform = _timesteps(recipe_from_dict(base), net, 200, gen)
     assert len(set(uniform.tolist())) > 150 and 0 <= int(uniform.min()) and int(uniform.max()) < 1000
+
+
+def test_image_vae_pretraining_stand_in_trains_the_whole_first_stage_then_restarts_the_pointmap_vae(tmp_path):
+    """``image_vae`` (the stand-in pretraining of a random-initialised network's VAE): encoder and
+    decoder learn to autoencode the frames and maps, with latents of unit RMS under the scale factor;
+    no EMA; at the next phase the point-map VAE becomes the first stage's autoencoder (its confidence
+    adaptor restarted), so the point maps are encoded by the same encoder as the frames."""
+    from geo4d_model.train.trainer import build_models, run_training
+
+    phases = [{"name": "pre", "train": "image_vae", "steps": 16, "lr": 2.0e-3, "sizes": [list(SIZE)]},
+              {"name": "vae", "train": "pointmap_vae", "steps": 1, "sizes": [list(SIZE)]}]
+    path = write_recipe(tmp_path, phases=phases, checkpoint_every=100)
+    initial = build_models(load_recipe(path))
+    result = run_training(path, [], tmp_path / "run", device="cpu")
+    rows = [r for r in metrics(tmp_path / "run") if r["phase"] == "pre"]
+    assert {"l1_frames", "l1_pointmap", "l1_ray", "l1_moment", "l1_disparity", "latent_rms"} <= set(rows[-1])
+    assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
+    assert abs(rows[-1]["latent_rms"] - 1) < abs(rows[0]["latent_rms"] - 1), [r["latent_rms"] for r in rows]
+    new = dict(result.models.network.named_parameters())
+    changed = {n for n, p in initial.network.named_parameters() if not torch.equal(p, new[n])}
+    assert any(n.startswith("first_stage_model.vae.encoder.") for n in changed)
+    assert all(n.startswith("first_stage_model.vae.") for n in changed), sorted(changed)[:5]
+    first = result.models.network.first_stage_model.state_dict()
+    pm = result.models.pointmap_vae.state_dict()
+    # Stopped at the phase boundary and resumed: the same weights bit for bit (the restart happens once).
+    run_training(path, [], tmp_path / "split", device="cpu", max_steps=16)
+    resumed = run_training(path, [], tmp_path / "split", device="cpu", resume=True)
+    assert state_hash(resumed.models.network, resumed.models.pointmap_vae) == state_hash(result.models.network,
+                                                                                         result.models.pointmap_vae)
+    frozen = [k for k in first if k.startswith(("vae.encoder.", "vae.quant_conv."))]
+    assert frozen and all(torch.equal(pm[k], first[k]) for k in frozen)
+    assert not torch.equal(pm["vae.encoder.conv_in.weight"], initial.pointmap_vae.state_dict()["vae.encoder.conv_in.weight"])
+
+
+def test_image_vae_pretraining_only_first_and_only_from_random_weights(tmp_path, tiny_models):
+    from geo4d_model.loader import save_official
+    from geo4d_model.train.trainer import run_training
+
+    late = [{"name": "vae", "train": "pointmap_vae", "steps": 1, "sizes": [list(SIZE)]},
+            {"name": "pre", "train": "image_vae", "steps": 1, "sizes": [list(SIZE)]}]
+    with pytest.raises(InputError, match=r"phases\[1\]: an 'image_vae' phase .* must come before every other phase"):
+        load_recipe(write_recipe(tmp_path, phases=late))
+    net, pm = tiny_models
+    save_official(net, tmp_path / "model.ckpt", pm, tmp_path / "vae.ckpt")
+    path = write_recipe(tmp_path, phases=late[::-1])
+    with pytest.raises(InputError, match="cannot train .*model.ckpt.*its VAE is the pretrained one"):
+        run_training(path, [], tmp_path / "run", device="cpu", init_checkpoint=tmp_path / "model.ckpt",
+                     init_pointmap_vae=tmp_path / "vae.ckpt")

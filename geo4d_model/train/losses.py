@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from geo4d_model.network import MODALITY_CHANNELS
 
-__all__ = ["image_vae_loss", "image_vae_maps", "IMAGE_VAE_MODALITIES",
+__all__ = ["image_vae_loss", "image_vae_maps", "IMAGE_VAE_MODALITIES", "image_autoencoder_loss", "AUTOENCODED",
            "pointmap_vae_loss", "pointmap_errors", "diffusion_targets", "noisy_and_velocity", "v_prediction_loss",
            "to_frames", "to_window", "SIGMA_EPS"]
 
@@ -211,3 +211,43 @@ def image_vae_loss(decode, vae, batch: dict[str, torch.Tensor]) -> tuple[torch.T
             z = vae.moments(x)[0]
         terms[f"l1_{m}"] = (decode(z) - x).abs().mean()
     return torch.stack(list(terms.values())).mean(), terms
+
+
+#: What the stand-in pretraining autoencodes: the frames and every map the first stage (or, once the
+#: point-map VAE restarts from it, the point-map VAE's copy of its encoder) will encode.
+AUTOENCODED = ("frames", "pointmap", "ray", "moment", "disparity")
+#: Weight of the stand-in pretraining's latent-scale term.
+LATENT_SCALE_WEIGHT = 0.1
+
+
+def image_autoencoder_loss(autoencode, batch: dict[str, torch.Tensor],
+                           scale_factor: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The stand-in pretraining of a random-initialised first-stage VAE, encoder included:
+
+    ``L = mean_m mean |D(μ(x_m)) − x_m| + λ (mean_m mean((s·μ(x_m))²) − 1)²`` over the maps of
+    :data:`AUTOENCODED` (disparity ×3, like an RGB image), μ the posterior mean, ``s`` = ``scale_factor``,
+    λ = :data:`LATENT_SCALE_WEIGHT`. The second term gives the latents the U-Net sees unit RMS — what the
+    real VAE's scale factor (0.18215) was chosen to give its latents — so that the diffusion schedule's
+    signal-to-noise ratios mean what they mean for the real model.
+
+    Args:
+        autoencode: ``x → (D(μ(x)), μ(x))`` (e.g. :class:`~geo4d_model.train.trainer.ImageAutoencoder`,
+            possibly DDP-wrapped).
+        batch: the batch (B, C, V, H, W) fields of :data:`AUTOENCODED`.
+
+    Returns:
+        (loss, ``{l1_<map>, latent_rms}`` detached).
+    """
+    terms: dict[str, torch.Tensor] = {}
+    square = []
+    for m in AUTOENCODED:
+        x = to_frames(batch[m])
+        if m == "disparity":
+            x = x.repeat(1, 3, 1, 1)
+        decoded, mean = autoencode(x)
+        terms[f"l1_{m}"] = (decoded.float() - x.float()).abs().mean()
+        square.append((scale_factor * mean.float()).pow(2).mean())
+    ms = torch.stack(square).mean()
+    loss = torch.stack([terms[f"l1_{m}"] for m in AUTOENCODED]).mean() + LATENT_SCALE_WEIGHT * (ms - 1.0) ** 2
+    terms["latent_rms"] = ms.sqrt()
+    return loss, {k: v.detach() for k, v in terms.items()}

@@ -1,10 +1,13 @@
 """The training recipe: one YAML file that says what a fine-tuning run does (network, phases, optimiser,
 schedule, EMA, checkpoints, validation), read into the pydantic model :class:`TrainRecipe`.
 
-Phases run in order over one global step counter. A ``pointmap_vae`` phase trains the point-map VAE's
-decoder side; an ``image_vae_decoder`` phase the first-stage VAE's decoder on the ray, moment and
-disparity maps (only for a network without a pretrained image VAE, e.g. the random-initialised tiny
-one: Geo4D keeps the video model's VAE unchanged); a ``unet`` phase trains the U-Net on the v-prediction loss with per-modality weights
+Phases run in order over one global step counter. An ``image_vae`` phase (only at the start, and only
+for a random-initialised network: a stand-in for the pretraining the real video model's VAE has, which
+Geo4D keeps unchanged) trains the whole first-stage VAE, encoder included, as an autoencoder of the
+frames and of every map it will encode; when it ends the point-map VAE starts again from the first
+stage's weights, as the paper's does. A ``pointmap_vae`` phase trains the point-map VAE's
+decoder side; an ``image_vae_decoder`` phase the first-stage VAE's decoder alone on the ray, moment and
+disparity maps (its encoder frozen); a ``unet`` phase trains the U-Net on the v-prediction loss with per-modality weights
 ``w_m`` (modalities not listed weigh 0). ``ramp_steps`` R lets modalities that weighed 0 in the
 previous phase rise linearly: at the phase's local step i their weight is ``w_m · min(1, (i + 1)/R)``.
 
@@ -118,7 +121,7 @@ class Phase(_Strict):
     """One training phase: ``train`` names the module, ``sizes`` the (H, W) clip sizes drawn per step."""
 
     name: str = Field(min_length=1)
-    train: Literal["pointmap_vae", "image_vae_decoder", "unet"]
+    train: Literal["image_vae", "pointmap_vae", "image_vae_decoder", "unet"]
     steps: PositiveInt
     lr: float | None = Field(None, gt=0)
     sizes: list[Size] = Field(min_length=1)
@@ -172,6 +175,11 @@ class TrainRecipe(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"phase name {dup[0]!r} is used twice")
+        kinds = [p.train for p in self.phases]
+        late = [i for i, k in enumerate(kinds) if k == "image_vae" and "image_vae" != kinds[max(i - 1, 0)]]
+        if late:
+            raise ValueError(f"phases[{late[0]}]: an 'image_vae' phase (the stand-in pretraining) must come before "
+                             "every other phase")
         if self.synthetic.scene_frames < self.clip_frames:  # the validation clips are synthetic too
             raise ValueError(f"synthetic.scene_frames {self.synthetic.scene_frames} is shorter than clip_frames "
                              f"{self.clip_frames}")

@@ -6,6 +6,12 @@ with ``size_k`` drawn from the phase's sizes by a generator seeded by (seed, k) 
 rank); timesteps and noise come from a generator seeded by (seed, k, r). So the data position is just
 the step, and a resumed run repeats the uninterrupted one bit for bit (CPU, deterministic algorithms).
 
+* ``train: image_vae`` — the whole first-stage VAE (encoder, decoder, quant convs) learns to
+  autoencode the frames and every map it will encode
+  (:func:`~geo4d_model.train.losses.image_autoencoder_loss`): a stand-in for the pretraining the real
+  video model's VAE has, for a random-initialised network only, and only at the start of a recipe. Its
+  last weights are the "pretrained" VAE (no EMA); when the phase ends the point-map VAE restarts from
+  them (:func:`restart_pointmap_vae`), as the paper's is initialised from the video model's VAE.
 * ``train: pointmap_vae`` — the point-map VAE's decoder, ``post_quant_conv`` and confidence
   ``decoder_adaptor`` learn :func:`~geo4d_model.train.losses.pointmap_vae_loss` on
   ``D(E(X))`` (E: the frozen encoder's posterior mean).
@@ -70,8 +76,8 @@ from geo4d_model.train.checkpoint import (
     set_rng_state,
 )
 from geo4d_model.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, is_main, shutdown, wrap_ddp
-from geo4d_model.train.losses import (diffusion_targets, image_vae_loss, pointmap_errors, pointmap_vae_loss, to_frames,
-                                     v_prediction_loss)
+from geo4d_model.train.losses import (diffusion_targets, image_autoencoder_loss, image_vae_loss, pointmap_errors,
+                                     pointmap_vae_loss, to_frames, v_prediction_loss)
 from geo4d_model.train.recipe import (
     MODALITIES,
     Phase,
@@ -86,7 +92,7 @@ from geo4d_model.vae import LatentVAE
 
 __all__ = ["Models", "TrainResult", "Trainer", "build_models", "resolve_context", "validation_losses",
            "run_training", "training_source", "trained_parameters", "PointmapDecoder", "autocast_dtype",
-           "RANDOM_INIT", "SYNTHETIC_CONTEXT", "IMAGE_TOKENS"]
+           "RANDOM_INIT", "SYNTHETIC_CONTEXT", "IMAGE_TOKENS", "restart_pointmap_vae"]
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +134,33 @@ class TrainResult:
 
 
 # --- models and context ----------------------------------------------------------------------------
+def _copy_first_stage(pm: LatentVAE, network: Geo4DNetwork) -> None:
+    """The first-stage VAE's weights into ``pm``'s autoencoder (its confidence adaptor untouched).
+
+    Raises:
+        InputError: the two architectures differ.
+    """
+    first = {k: v for k, v in network.first_stage_model.state_dict().items() if k.startswith("vae.")}
+    try:
+        missing, _ = pm.load_state_dict(first, strict=False)
+    except RuntimeError:
+        missing = ["<shapes differ>"]
+    if [k for k in missing if k.startswith("vae.")]:
+        raise InputError(f"{network.cfg.source}: the point-map VAE's architecture differs from the first stage's; "
+                         "give the point-map VAE checkpoint (--init-pointmap-vae)")
+
+
+@torch.no_grad()
+def restart_pointmap_vae(models: Models) -> None:
+    """After the stand-in pretraining (``image_vae``): the point-map VAE's autoencoder becomes the
+    first stage's (so its frozen encoder is the one the frames are encoded with) and its confidence
+    adaptor starts again (output conv zeroed: σ = ln 2 everywhere), as :func:`pointmap_vae_from_first_stage`."""
+    pm = models.pointmap_vae
+    _copy_first_stage(pm, models.network)
+    pm.decoder_adaptor.conv_out.weight.zero_()
+    pm.decoder_adaptor.conv_out.bias.zero_()
+
+
 def pointmap_vae_from_first_stage(network: Geo4DNetwork, seed: int = 0) -> LatentVAE:
     """A point-map VAE initialised as the paper does: the first-stage VAE's weights plus a freshly
     initialised confidence adaptor (PyTorch's default init from ``seed``; the adaptor's output conv
@@ -142,14 +175,7 @@ def pointmap_vae_from_first_stage(network: Geo4DNetwork, seed: int = 0) -> Laten
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pm = LatentVAE(cfg)
-    first = {k: v for k, v in network.first_stage_model.state_dict().items() if k.startswith("vae.")}
-    try:
-        missing, _ = pm.load_state_dict(first, strict=False)
-    except RuntimeError:
-        missing = ["<shapes differ>"]
-    if [k for k in missing if k.startswith("vae.")]:
-        raise InputError(f"{network.cfg.source}: the point-map VAE's architecture differs from the first stage's; "
-                         "give the point-map VAE checkpoint (--init-pointmap-vae)")
+    _copy_first_stage(pm, network)
     with torch.no_grad():
         pm.decoder_adaptor.conv_out.weight.zero_()
         pm.decoder_adaptor.conv_out.bias.zero_()
@@ -229,7 +255,7 @@ def training_source(recipe: TrainRecipe, data_sources: Sequence = (), world_size
 
 # --- trained parameters, precision --------------------------------------------------------------------
 def trained_parameters(models: Models, module: str) -> list[nn.Parameter]:
-    """The parameters a phase trains: ``pointmap_vae`` → decoder, ``post_quant_conv``, ``decoder_adaptor``
+    """The parameters a phase trains: ``image_vae`` → the whole first-stage VAE; ``pointmap_vae`` → decoder, ``post_quant_conv``, ``decoder_adaptor``
     (encoder, ``quant_conv`` and the unused encoder adaptor frozen); ``image_vae_decoder`` → the
     first-stage VAE's decoder and ``post_quant_conv`` (its encoder, which makes the frames' latents,
     frozen); ``unet`` → the U-Net's."""
@@ -240,6 +266,8 @@ def trained_parameters(models: Models, module: str) -> list[nn.Parameter]:
     if module == "image_vae_decoder":
         vae = models.network.first_stage_model.vae
         return [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    if module == "image_vae":
+        return list(models.network.first_stage_model.vae.parameters())
     if module == "unet":
         return list(models.network.unet.parameters())
     raise ValueError(f"unknown trained module {module!r}")
@@ -263,7 +291,7 @@ def _set_modes(models: Models, module: str | None) -> None:
         models.network.unet.train()
     elif module == "pointmap_vae":
         models.pointmap_vae.train()
-    elif module == "image_vae_decoder":
+    elif module in ("image_vae_decoder", "image_vae"):
         models.network.first_stage_model.train()
 
 
@@ -329,6 +357,19 @@ class ImageDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(z)
+
+
+class ImageAutoencoder(nn.Module):
+    """``forward(x)`` = (the first-stage VAE's decode of its posterior mean, that mean): the module an
+    ``image_vae`` phase trains, (N, 3, H, W) → ((N, 3, H, W), (N, 4, h, w))."""
+
+    def __init__(self, vae: LatentVAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.vae.moments(x)[0]
+        return self.vae.decode(mean), mean
 
 
 # --- seeded draws ------------------------------------------------------------------------------------
@@ -513,6 +554,9 @@ class Trainer:
         self.dist = dist or DistInfo(device=self.device)
         self.context = context.detach().to(self.device, torch.float32)
         self.context_description = context_description
+        if not models.random_init and any(p.train == "image_vae" for p in recipe.phases):
+            raise InputError(f"{recipe.source}: an 'image_vae' phase (the stand-in pretraining of a random-initialised "
+                             f"network's VAE) cannot train {models.description}: its VAE is the pretrained one")
         self.fingerprint = recipe_fingerprint(recipe)
         ckpt = recipe.gradient_checkpointing
         self.gradient_checkpointing = self.device.type == "cuda" if ckpt == "auto" else bool(ckpt)
@@ -540,6 +584,8 @@ class Trainer:
             return self.models.network.unet
         if module == "image_vae_decoder":
             return ImageDecoder(self.models.network.first_stage_model)
+        if module == "image_vae":
+            return ImageAutoencoder(self.models.network.first_stage_model)
         return PointmapDecoder(self.models.pointmap_vae, self.gradient_checkpointing)
 
     def _new_optimizer(self, module: str, lr: float) -> None:
@@ -547,18 +593,22 @@ class Trainer:
         o = self.recipe.optimizer
         self._params = _set_trainable(self.models, module)
         self.optimizer = torch.optim.AdamW(self._params, lr=lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay)
-        if self.recipe.ema is not None and module not in self.emas:
+        if self.recipe.ema is not None and module not in self.emas and module != "image_vae":
             from diffusers.training_utils import EMAModel
 
             self.emas[module] = EMAModel(self._params, decay=self.recipe.ema.decay)
         self._forward = wrap_ddp(self._trained_module(module), self.dist)
         self._module = module
 
-    def _enter_phase(self, index: int) -> None:
-        """Optimiser (new when the trained module changes), phase LR and a fresh schedule over its steps."""
+    def _enter_phase(self, index: int, local: int | None = None) -> None:
+        """Optimiser (new when the trained module changes), phase LR and a fresh schedule over its steps;
+        at local step 0 of the phase after the stand-in pretraining, :func:`restart_pointmap_vae`
+        (``local`` None: restoring a checkpoint, whose weights are already those of the run)."""
         from diffusers.optimization import get_scheduler
 
         phase = self.recipe.phases[index]
+        if local == 0 and index > 0 and self.recipe.phases[index - 1].train == "image_vae" != phase.train:
+            restart_pointmap_vae(self.models)
         lr = phase.lr or self.recipe.optimizer.lr
         if phase.train != self._module:
             self._new_optimizer(phase.train, lr)
@@ -610,10 +660,13 @@ class Trainer:
     def _train_step(self, step: int) -> tuple[int, dict[str, float]]:
         index, phase, local = self.recipe.phase_at(step)
         if index != self._phase_index:
-            self._enter_phase(index)
+            self._enter_phase(index, local)
         batch = self._batch(step, phase)
         if phase.train == "pointmap_vae":
             loss, terms = self._vae_loss(batch)
+        elif phase.train == "image_vae":
+            with _autocast(self.recipe, self.device):
+                loss, terms = image_autoencoder_loss(self._forward, batch, self.models.network.scale_factor)
         elif phase.train == "image_vae_decoder":
             with _autocast(self.recipe, self.device):
                 loss, terms = image_vae_loss(self._forward, self.models.network.first_stage_model, batch)

@@ -93,15 +93,16 @@ def run_mode(net, pm, context, video: np.ndarray, starts: list[int], V: int, aut
             "weights": str(pred.param_dtype).removeprefix("torch.")}
 
 
-def fuse_predictions(preds: list, starts: list[int], T: int) -> dict:
-    """Stack the window predictions by modality name (G, V, …) and fuse them; returns ``depth`` (T, H, W),
+def fuse_predictions(preds: list, starts: list[int], T: int, z_offset: bool = False) -> dict:
+    """Stack the window predictions by modality name (G, V, …) and fuse them (``z_offset``: the point maps
+    carry the network's z offset); returns ``depth`` (T, H, W),
     ``world_from_cam`` (T, 4, 4), ``seconds``, or ``error`` when the fusion refuses the (random) input."""
     from geo4d.fusion import FusionConfig, fuse
 
     arrays = {k: np.stack([p.as_dict()[k] for p in preds]) for k in preds[0].as_dict()}
     t0 = time.perf_counter()
     try:
-        res = fuse(arrays, starts, T, config=FusionConfig(pointmap_z_offset=True))  # network output
+        res = fuse(arrays, starts, T, config=FusionConfig(pointmap_z_offset=z_offset))
     except Exception as exc:  # noqa: BLE001 - reported, not hidden: random weights can defeat the fusion
         return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                 "seconds": time.perf_counter() - t0}
@@ -202,7 +203,7 @@ def _run_modes(args, net, pm, context, rendered, starts: list[int], V: int) -> d
         if name == "bf16_weights":
             to_bf16_weights(net, pm)
         r = run_mode(net, pm, context, rendered.frames, starts, V, autocast)
-        fused = fuse_predictions(r["predictions"], starts, args.frames)
+        fused = fuse_predictions(r["predictions"], starts, args.frames, z_offset=True)  # the network's windows
         m = out[name] = {"weights": r["weights"], "autocast": r["autocast"], "predict_s": r["seconds"],
                          "fuse_s": fused["seconds"], "fuse_error": fused.get("error"),
                          "peak_rss_mb_so_far": peak_rss_mb()}

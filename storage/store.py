@@ -692,15 +692,18 @@ class Store:
             wg.attrs["pointmap_z_offset"] = bool(pointmap_z_offset)
         return np.zeros(G, dtype=bool)
 
+    def _windows_group(self, video_id: str) -> zarr.Group:
+        grp = self._video_group(video_id)
+        if "windows" not in grp:
+            raise StoreError(f"{self.location}: video {video_id} has no windows group (run the windows stage first)")
+        return grp["windows"]
+
     def windows_pointmap_z_offset(self, video_id: str) -> bool:
         """Whether the stored point maps carry an unknown per-window z offset: the windows group's
         ``pointmap_z_offset`` attribute, else (stores written before it, or by other tools) True
         exactly when the ``predictor`` attribute is ``"geo4d"`` or absent — the network's maps carry
         one (docs/store.md)."""
-        grp = self._video_group(video_id)
-        if "windows" not in grp:
-            raise StoreError(f"{self.location}: video {video_id} has no windows group (run the windows stage first)")
-        attrs = grp["windows"].attrs.asdict()
+        attrs = self._windows_group(video_id).attrs.asdict()
         if "pointmap_z_offset" in attrs:
             return bool(attrs["pointmap_z_offset"])
         return attrs.get("predictor", "geo4d") == "geo4d"
@@ -729,10 +732,7 @@ class Store:
 
         Works for stores written by other tools that follow docs/store.md (no ``done`` array needed).
         """
-        grp = self._video_group(video_id)
-        if "windows" not in grp:
-            raise StoreError(f"{self.location}: video {video_id} has no windows group (run the windows stage first)")
-        wg = grp["windows"]
+        wg = self._windows_group(video_id)
         attrs = wg.attrs.asdict()
         for key in ("starts", "window_size"):
             if key not in attrs:

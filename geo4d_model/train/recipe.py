@@ -176,7 +176,7 @@ class TrainRecipe(_Strict):
         if dup:
             raise ValueError(f"phase name {dup[0]!r} is used twice")
         kinds = [p.train for p in self.phases]
-        late = [i for i, k in enumerate(kinds) if k == "image_vae" and "image_vae" != kinds[max(i - 1, 0)]]
+        late = [i for i in range(1, len(kinds)) if kinds[i] == "image_vae" and kinds[i - 1] != "image_vae"]
         if late:
             raise ValueError(f"phases[{late[0]}]: an 'image_vae' phase (the stand-in pretraining) must come before "
                              "every other phase")

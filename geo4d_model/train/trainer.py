@@ -134,8 +134,10 @@ class TrainResult:
 
 
 # --- models and context ----------------------------------------------------------------------------
-def _copy_first_stage(pm: LatentVAE, network: Geo4DNetwork) -> None:
-    """The first-stage VAE's weights into ``pm``'s autoencoder (its confidence adaptor untouched).
+@torch.no_grad()
+def _from_first_stage(pm: LatentVAE, network: Geo4DNetwork) -> None:
+    """The first-stage VAE's weights into ``pm``'s autoencoder, and its confidence adaptor's output conv
+    zeroed (σ = softplus(0) = ln 2 everywhere; the decoder output is the first stage's).
 
     Raises:
         InputError: the two architectures differ.
@@ -148,17 +150,15 @@ def _copy_first_stage(pm: LatentVAE, network: Geo4DNetwork) -> None:
     if [k for k in missing if k.startswith("vae.")]:
         raise InputError(f"{network.cfg.source}: the point-map VAE's architecture differs from the first stage's; "
                          "give the point-map VAE checkpoint (--init-pointmap-vae)")
+    pm.decoder_adaptor.conv_out.weight.zero_()
+    pm.decoder_adaptor.conv_out.bias.zero_()
 
 
-@torch.no_grad()
 def restart_pointmap_vae(models: Models) -> None:
     """After the stand-in pretraining (``image_vae``): the point-map VAE's autoencoder becomes the
     first stage's (so its frozen encoder is the one the frames are encoded with) and its confidence
-    adaptor starts again (output conv zeroed: σ = ln 2 everywhere), as :func:`pointmap_vae_from_first_stage`."""
-    pm = models.pointmap_vae
-    _copy_first_stage(pm, models.network)
-    pm.decoder_adaptor.conv_out.weight.zero_()
-    pm.decoder_adaptor.conv_out.bias.zero_()
+    adaptor's output conv is zeroed again, as in :func:`pointmap_vae_from_first_stage`."""
+    _from_first_stage(models.pointmap_vae, models.network)
 
 
 def pointmap_vae_from_first_stage(network: Geo4DNetwork, seed: int = 0) -> LatentVAE:
@@ -175,10 +175,7 @@ def pointmap_vae_from_first_stage(network: Geo4DNetwork, seed: int = 0) -> Laten
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         pm = LatentVAE(cfg)
-    _copy_first_stage(pm, network)
-    with torch.no_grad():
-        pm.decoder_adaptor.conv_out.weight.zero_()
-        pm.decoder_adaptor.conv_out.bias.zero_()
+    _from_first_stage(pm, network)
     param = next(network.parameters())
     return pm.to(param.device, param.dtype).eval()
 
@@ -607,7 +604,8 @@ class Trainer:
         from diffusers.optimization import get_scheduler
 
         phase = self.recipe.phases[index]
-        if local == 0 and index > 0 and self.recipe.phases[index - 1].train == "image_vae" != phase.train:
+        after_pretraining = index > 0 and self.recipe.phases[index - 1].train == "image_vae"
+        if local == 0 and after_pretraining and phase.train != "image_vae":
             restart_pointmap_vae(self.models)
         lr = phase.lr or self.recipe.optimizer.lr
         if phase.train != self._module:
